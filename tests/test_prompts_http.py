@@ -1,0 +1,158 @@
+"The OpenAI-compatible HTTP backend against a real chat-completions server on 127.0.0.1 (port 0, a thread): slow, broken and failing answers."
+import json, shutil, subprocess, sys, time, warnings
+
+import pytest
+
+from vb_nb.prompts import (ChatCompletionsBackend, ChatServer, LLMError, PromptFallbackWarning, ToyDirector,
+                           decompose, decompose_messages, main, make_backend, plan_prompts, refine)
+
+CAPTION = "a striped orange star drifts to the left, then rises over green grass"
+SEGMENTS = ["a striped orange star drifts to the left over green grass", "a striped orange star rises over green grass"]
+MSGS = decompose_messages(CAPTION, 'star', 8)
+
+
+class Scripted(ChatServer):
+    "A chat server whose answers follow a script: one entry per request (the last one repeats)."
+    def __init__(self, script, **kw):
+        super().__init__(ToyDirector(), **kw); self.script = list(script)
+
+    def respond(self, request):
+        step = self.script[min(len(self.requests) - 1, len(self.script) - 1)]
+        if step == 'ok': return super().respond(request)
+        if step == 'slow': time.sleep(1.0); return super().respond(request)
+        if step == 'malformed': return 200, b'{"choices": [{"message": {"content": "a red ba'
+        if step == 'not-a-completion': return 200, b'{"object": "error", "detail": "overloaded"}'
+        if step == 'null-content': return 200, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': None}}]}).encode()
+        if step == 'think':
+            text = '<think>The prompt has two stages.</think>\n```json\n' + json.dumps(SEGMENTS) + '\n```'
+            return 200, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': text}}]}).encode()
+        if isinstance(step, int): return step, json.dumps({'error': {'message': f'status {step}'}}).encode()
+        raise AssertionError(step)
+
+
+def backend(srv, **kw):
+    kw = {'timeout': 0.4, 'retries': 1, 'backoff': 0.01, **kw}
+    return ChatCompletionsBackend(srv.url, 'toy-llm', **kw)
+
+
+def test_round_trip_speaks_the_protocol():
+    with Scripted(['ok']) as srv:
+        answer = backend(srv, timeout=5, api_key='sk-test').complete(MSGS)
+        assert json.loads(answer) == SEGMENTS
+        req, head = srv.requests[0], srv.headers[0]
+        assert req['model'] == 'toy-llm' and req['messages'] == MSGS and req['stream'] is False
+        assert req['temperature'] == 0 and req['seed'] == 0 and req['max_tokens'] > 0
+        assert head['Authorization'] == 'Bearer sk-test' and head['Content-Type'] == 'application/json'
+        assert decompose(CAPTION, 'star', 8, backend(srv, timeout=5)) == SEGMENTS
+
+
+def test_base_url_forms():
+    with Scripted(['ok']) as srv:
+        for url in (srv.url, srv.url + '/', srv.url + '/chat/completions'):
+            assert json.loads(ChatCompletionsBackend(url, 'm', timeout=5).complete(MSGS)) == SEGMENTS
+    for bad in ('localhost:11434', 'ftp://x/v1', ''):
+        with pytest.raises(ValueError, match='http'): ChatCompletionsBackend(bad, 'm')
+    with pytest.raises(ValueError, match='model'): ChatCompletionsBackend('http://127.0.0.1:1/v1', '')
+
+
+def test_slow_answer_times_out_then_the_retry_succeeds():
+    with Scripted(['slow', 'ok']) as srv:
+        t0 = time.perf_counter()
+        assert json.loads(backend(srv).complete(MSGS)) == SEGMENTS
+        assert len(srv.requests) == 2 and time.perf_counter() - t0 < 1.0       # did not wait for the slow answer
+
+
+def test_always_slow_raises_then_falls_back_with_a_warning():
+    with Scripted(['slow']) as srv:
+        with pytest.raises(LLMError, match=r'failed 2 time\(s\): no answer within 0.4 s \(x2\)'):
+            backend(srv).complete(MSGS)
+        with pytest.warns(PromptFallbackWarning, match='no answer within'):
+            plan = plan_prompts(CAPTION, 'star', 8, refine=backend(srv, retries=0))
+        assert plan.prompts == [CAPTION] and plan.source == 'original' and 'no answer within' in plan.fallback
+        assert plan.frame_segments == [0] * 8
+
+
+@pytest.mark.parametrize('broken', ['malformed', 'not-a-completion', 500, 503, 429])
+def test_broken_answer_is_retried(broken):
+    with Scripted([broken, 'ok']) as srv:
+        assert json.loads(backend(srv).complete(MSGS)) == SEGMENTS
+        assert len(srv.requests) == 2
+
+
+@pytest.mark.parametrize('broken, reason', [('malformed', 'malformed reply'), ('not-a-completion', 'malformed reply'),
+                                            (500, 'HTTP 500'), (503, 'HTTP 503')])
+def test_always_broken_gives_up_and_falls_back(broken, reason):
+    with Scripted([broken]) as srv:
+        with pytest.raises(LLMError, match=reason): backend(srv, retries=2).complete(MSGS)
+        assert len(srv.requests) == 3                                           # the first try and two retries
+        with pytest.warns(PromptFallbackWarning, match=reason):
+            assert decompose(CAPTION, 'star', 8, backend(srv)) == [CAPTION]
+        with pytest.warns(PromptFallbackWarning, match=reason):
+            assert refine(CAPTION, 'star', backend(srv)) == CAPTION
+
+
+@pytest.mark.parametrize('status', [400, 401, 404])
+def test_client_errors_are_not_retried(status):
+    with Scripted([status]) as srv:
+        with pytest.raises(LLMError, match=f"HTTP {status}.*check the base URL, the model name 'toy-llm'"):
+            backend(srv, retries=3).complete(MSGS)
+        assert len(srv.requests) == 1
+
+
+def test_empty_and_wrapped_answers():
+    with Scripted(['null-content']) as srv:
+        assert backend(srv).complete(MSGS) == ''
+        with pytest.warns(PromptFallbackWarning, match='the answer is empty'):
+            assert decompose(CAPTION, 'star', 8, backend(srv)) == [CAPTION]
+    with Scripted(['think']) as srv:                                            # reasoning model, fenced JSON
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            assert decompose(CAPTION, 'star', 8, backend(srv)) == SEGMENTS
+
+
+def test_nothing_listening():
+    srv = ChatServer(ToyDirector()); url = srv.url; srv.stop()
+    b = ChatCompletionsBackend(url, 'm', timeout=1, retries=1, backoff=0.01)
+    with pytest.raises(LLMError, match='cannot reach'): b.complete(MSGS)
+    with pytest.warns(PromptFallbackWarning, match='cannot reach'):
+        assert plan_prompts(CAPTION, 'star', 8, refine=b).prompts == [CAPTION]
+
+
+def test_server_rejects_garbage_and_wrong_paths():
+    import httpx
+    with ChatServer(ToyDirector(), model='toy') as srv:
+        assert httpx.post(srv.url + '/chat/completions', content=b'not json').status_code == 400
+        assert httpx.post(srv.url + '/completions', json={}).status_code == 404
+        assert httpx.post(srv.url + '/chat/completions', json={'messages': 'hi'}).status_code == 500
+        assert httpx.get(srv.url + '/models').json()['data'][0]['id'] == 'toy'
+
+
+def test_make_backend_spec():
+    b = make_backend('llama3.2:1b@http://127.0.0.1:11434/v1', timeout=3)
+    assert isinstance(b, ChatCompletionsBackend) and b.model == 'llama3.2:1b' and b.timeout == 3
+    assert b.url == 'http://127.0.0.1:11434/v1/chat/completions'
+    assert isinstance(make_backend('director'), ToyDirector) and make_backend(None) is None and make_backend('none') is None
+    with pytest.raises(ValueError, match='MODEL@http'): make_backend('gpt-4o')
+
+
+def test_command_line_against_the_server():
+    with Scripted(['ok']) as srv:
+        r = subprocess.run([sys.executable, '-c', 'from vb_nb.prompts import main; main()', '--prompt', CAPTION, '--subject', 'star',
+                            '--frames', '6', '--refine', f'toy@{srv.url}', '--json'], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out['prompts'] == SEGMENTS and out['frame_segments'] == [0, 0, 0, 1, 1, 1] and out['fallback'] is None
+        assert len(srv.requests) == 1
+
+
+def test_console_script_exits_cleanly():
+    exe = shutil.which('vb_nb_prompts')
+    if exe is None: pytest.skip('vb_nb_prompts is not installed: pip install -e . --no-deps')
+    r = subprocess.run([exe, '--prompt', CAPTION, '--subject', 'star'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    assert r.stdout.splitlines() == ['director: 2 segment(s) over 8 frames', f'  frames 0-3: {SEGMENTS[0]}', f'  frames 4-7: {SEGMENTS[1]}']
+
+
+def test_command_line_rejects_missing_subject(capsys):
+    with pytest.raises(SystemExit) as e: main(['--prompt', 'a red ball', '--subject', 'star'])
+    assert e.value.code == 2 and "'star' does not occur in the prompt" in capsys.readouterr().err
