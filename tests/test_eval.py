@@ -1,5 +1,5 @@
 "Tests of vb_nb.eval outside the notebook: CLIP-Score against a plain reference, the toyworld measurements, the benchmark and its command line."
-import json
+import dataclasses, json
 import numpy as np
 import pytest
 import torch
@@ -56,13 +56,17 @@ def test_clip_score_bad_input(tiny_clip_dir, frames):
 
 def test_toy_measurements_real_and_wrong():
     specs = [tw.random_spec(0, 'heldout', i)[0] for i in range(8)]
-    real = [toy_measurements(real_clip(s), s.category, s.colour, s.motion) for s in specs]
-    rev = [toy_measurements(real_clip(s)[::-1].copy(), s.category, s.colour, s.motion) for s in specs]
-    rec = [toy_measurements(real_clip(s)[..., [1, 2, 0]].copy(), s.category, s.colour, s.motion) for s in specs]
+    measure = lambda frames, s: toy_measurements(frames, s.category, s.colour, s.motion, pattern=s.pattern)
+    real = [measure(real_clip(s), s) for s in specs]
+    rev = [measure(real_clip(s)[::-1].copy(), s) for s in specs]
+    rec = [measure(real_clip(s)[..., [1, 2, 0]].copy(), s) for s in specs]
+    swapped = [measure(real_clip(dataclasses.replace(s, pattern='dotted' if s.pattern == 'solid' else 'solid')), s) for s in specs]
     mean = lambda rows, k: np.mean([r[k] for r in rows if r[k] is not None])
-    assert mean(real, 'category') >= 0.8 and mean(real, 'appearance') >= 0.9 and mean(real, 'motion') >= 0.9
+    assert mean(real, 'category') >= 0.8 and mean(real, 'appearance') >= 0.9 and mean(real, 'motion') >= 0.9 and mean(real, 'pattern') >= 0.9
     assert mean(rev, 'motion') < 0.3
     assert mean(rec, 'appearance') < 0.2
+    assert mean(swapped, 'pattern') < 0.2
+    assert toy_measurements(real_clip(specs[0]), specs[0].category, specs[0].colour, specs[0].motion)['pattern'] is None
 
 
 def test_quick_benchmark_resumes(tiny_clip_dir, tmp_path, monkeypatch):
@@ -92,4 +96,5 @@ def test_cli(tiny_clip_dir, tmp_path, capsys):
     assert res['systems']['real']['motion']['std'] == 0.0 and res['config']['seeds'] == [0, 1]
     assert '| real |' in capsys.readouterr().out
     with pytest.raises(SystemExit): main(['--systems', 'nonsense', '--out', str(tmp_path)])
-    with pytest.raises(SystemExit): main(['--joint', str(tmp_path / 'missing'), '--out', str(tmp_path)])
+    for flag in ('--joint', '--coarse', '--input-splice', '--no-posenc-trained'):
+        with pytest.raises(SystemExit): main([flag, str(tmp_path / 'missing'), '--out', str(tmp_path)])

@@ -1,7 +1,7 @@
 "Training: an interrupted run resumes to the same loss curve; the command line explains what is missing."
 import os, subprocess, sys
 import pytest, torch
-from vb_nb.train import TrainConfig, fit, videobooth_loss, random_batch, toy_training_data, checkpoints, NonFiniteLoss
+from vb_nb.train import TrainConfig, fit, main, videobooth_loss, random_batch, toy_training_data, checkpoints, NonFiniteLoss
 from vb_nb.dataset import VideoPromptDataset
 from vb_nb.model import VideoBooth
 
@@ -23,7 +23,8 @@ def run(out, dataset, kill_after=None):
         if kill_after is not None and calls['n'] == kill_after: raise Killed
         calls['n'] += 1
         return videobooth_loss(m, b, 2)
-    cfg = TrainConfig(stage='fine', out_dir=str(out), max_steps=6, batch_size=2, num_frames=2, checkpoint_every=2, lr=1e-3)
+    cfg = TrainConfig(stage='fine', out_dir=str(out), max_steps=6, batch_size=2, num_frames=2, checkpoint_every=2, lr=1e-3,
+                      warmup_steps=2, lr_schedule='cosine')
     return fit(cfg, model, loss, lambda micro: random_batch(dataset, cfg.batch_size)), model
 
 
@@ -60,3 +61,10 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match='stage'): TrainConfig(stage='medium')
     with pytest.raises(ValueError, match='batch_size'): TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match='image_dropout'): TrainConfig(image_dropout=1.5)
+
+
+def test_cli_rejects_bad_values_before_training(tmp_path, capsys):
+    for args in (['--posenc', 'maybe'], ['--splice-mode', 'middle'], ['--lr-schedule', 'linear']):
+        with pytest.raises(SystemExit): main(['--stage', 'coarse', '--out', str(tmp_path)] + args)
+        assert args[1] in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -18,9 +18,10 @@ from . import toyworld as tw
 # %% auto #0
 __all__ = ['COLOUR_HUES', 'SCORED_MOTIONS', 'BENCHMARK_METRICS', 'CLIPFeatures', 'clip_processor_for', 'ClipScorer', 'get_scorer',
            'as_frame_list', 'clip_score', 'clip_image_score', 'temporal_consistency', 'train_toy_eval_clip',
-           'subject_colour', 'track_subject', 'category_accuracy', 'appearance_accuracy', 'segment_correct',
-           'motion_accuracy', 'real_clip', 'toy_measurements', 'benchmark_prompt', 'benchmark_prompts',
-           'default_systems', 'measure_video', 'results_markdown', 'run_benchmark', 'main']
+           'subject_pixels', 'subject_colour', 'track_subject', 'category_accuracy', 'appearance_accuracy',
+           'tint_fraction', 'pattern_accuracy', 'segment_correct', 'motion_accuracy', 'real_clip', 'toy_measurements',
+           'benchmark_prompt', 'benchmark_prompts', 'default_systems', 'measure_video', 'results_markdown',
+           'run_benchmark', 'main']
 
 # %% ../nbs/10_eval.ipynb #82cd8dac
 def _features(out) -> torch.Tensor:
@@ -146,19 +147,23 @@ def _hsv(pixels: np.ndarray) -> tuple:
     s = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0)
     return np.where(mx - mn > 1e-6, h, 0), s
 
-def subject_colour(frame: np.ndarray, box, min_diff: float = 40.0, min_sat: float = 0.25) -> str|None:
-    "The COLOURS name of the subject inside `box` of `frame`: a saturation-weighted vote of its pixels' nearest hues (None if no subject pixels)."
+def subject_pixels(frame: np.ndarray, box, min_diff: float = 40.0) -> np.ndarray:
+    "The (N, 3) pixels inside `box` that differ by more than `min_diff` from the background (the median of a 3-px ring around the box)."
     H, W = frame.shape[:2]
     x1, y1, x2, y2 = [int(round(v)) for v in box]
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
-    if x2 <= x1 or y2 <= y1: return None
+    if x2 <= x1 or y2 <= y1: return np.zeros((0, 3), np.float32)
     m = 3
     ring = np.ones((H, W), bool); ring[y1:y2, x1:x2] = False
     near = np.zeros((H, W), bool); near[max(y1 - m, 0):y2 + m, max(x1 - m, 0):x2 + m] = True
     ring &= near
     inside = frame[y1:y2, x1:x2].reshape(-1, 3).astype(np.float32)
     bg = np.median(frame[ring].astype(np.float32), 0) if ring.any() else np.full(3, -1e3)
-    pix = inside[np.linalg.norm(inside - bg, axis=-1) > min_diff]
+    return inside[np.linalg.norm(inside - bg, axis=-1) > min_diff]
+
+def subject_colour(frame: np.ndarray, box, min_diff: float = 40.0, min_sat: float = 0.25) -> str|None:
+    "The COLOURS name of the subject inside `box` of `frame`: a saturation-weighted vote of its pixels' nearest hues (None if no subject pixels)."
+    pix = subject_pixels(frame, box, min_diff)
     if not len(pix): return None
     h, s = _hsv(pix)
     pix_h, pix_s = h[s > min_sat], s[s > min_sat]
@@ -193,6 +198,21 @@ def appearance_accuracy(frames, track: list, colour: str) -> float:
     "Fraction of frames whose detected subject has colour `colour` (see subject_colour; frames without a detection count as wrong)."
     fs = as_frame_list(frames)
     return float(np.mean([t is not None and subject_colour(f.permute(1, 2, 0).numpy(), t['box']) == colour for f, t in zip(fs, track)]))
+
+def tint_fraction(frame: np.ndarray, box, min_diff: float = 25.0) -> float|None:
+    "Among the subject's pixels in `box`: pale light ones (the pattern's tint) / (pale light + saturated ones); None if too few."
+    pix = subject_pixels(frame, box, min_diff)    # a lower threshold than for colour: the tint is close to snow and cloud
+    if len(pix) < 4: return None
+    _, s = _hsv(pix)
+    tint, body = (s < 0.3) & (pix.max(-1) > 0.75 * 255), s > 0.45
+    return float(tint.sum() / max(tint.sum() + body.sum(), 1))
+
+def pattern_accuracy(frames, track: list, pattern: str, threshold: float = 0.1) -> float:
+    "Fraction of frames whose detected subject is patterned (tint fraction >= threshold) exactly when `pattern` is not 'solid'."
+    fs = as_frame_list(frames)
+    want = pattern != 'solid'
+    tints = [None if t is None else tint_fraction(f.permute(1, 2, 0).numpy(), t['box']) for f, t in zip(fs, track)]
+    return float(np.mean([x is not None and (x >= threshold) == want for x in tints]))
 
 # %% ../nbs/10_eval.ipynb #f0439819
 SCORED_MOTIONS = ('left', 'right', 'up', 'down', 'diagonal', 'grow', 'shrink', 'bounce')
@@ -236,14 +256,14 @@ def real_clip(spec, n_frames: int = 8) -> np.ndarray:
     frames = tw.render_clip(spec)[0]
     return frames[sample_frame_indices(len(frames), n_frames)]
 
-def toy_measurements(frames, category: str, colour: str, motion: str, detector=None) -> dict:
-    "Category, appearance (colour) and motion accuracy of one video that should show a `colour` `category` doing `motion`."
+def toy_measurements(frames, category: str, colour: str, motion: str, detector=None, pattern: str|None = None) -> dict:
+    "Category, appearance (colour), pattern (if given) and motion accuracy of one video that should show a `colour` `category` doing `motion`."
     track = track_subject(frames, detector)
     return dict(category=category_accuracy(track, category), appearance=appearance_accuracy(frames, track, colour),
-                motion=motion_accuracy(track, motion))
+                pattern=None if pattern is None else pattern_accuracy(frames, track, pattern), motion=motion_accuracy(track, motion))
 
 # %% ../nbs/10_eval.ipynb #596c0ffc
-BENCHMARK_METRICS = ('clip_t', 'clip_i', 'temporal', 'appearance', 'motion', 'category')
+BENCHMARK_METRICS = ('clip_t', 'clip_i', 'temporal', 'appearance', 'pattern', 'motion', 'motion_compound', 'category')
 
 def benchmark_prompt(spec, rng, appearance: bool = False) -> str:
     "A prompt for a held-out clip naming its category, motion and background, and its appearance only if `appearance`."
@@ -264,7 +284,7 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
                           image=render_example(spec.category, spec.colour, spec.pattern)))
     return items
 
-def default_systems(joint=None, input_splice=None) -> dict:
+def default_systems(joint=None, input_splice=None, no_posenc_trained=None) -> dict:
     "name -> (model source, generate options); model source None is the benchmark's model, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
          'base / text only': (None, dict(image_guidance=0.0, injection=False)),
@@ -274,6 +294,7 @@ def default_systems(joint=None, input_splice=None) -> dict:
          'full + refine': (None, dict(refine='director'))}
     if joint: s['joint'] = (str(joint), {})
     if input_splice: s['input splice'] = (str(input_splice), {})
+    if no_posenc_trained: s['no posenc, trained'] = (str(no_posenc_trained), {})
     return s
 
 # %% ../nbs/10_eval.ipynb #8a5d7413
@@ -288,9 +309,9 @@ def _with_adapter(model, folder):
 def measure_video(frames, item: dict, scorer) -> dict:
     "Every benchmark metric of one video for one benchmark item."
     s = item['spec']
-    toy = toy_measurements(frames, s.category, s.colour, s.motion)
+    toy = toy_measurements(frames, s.category, s.colour, s.motion, pattern=s.pattern)
     return dict(clip_t=clip_score(frames, item['description'], scorer), clip_i=clip_image_score(frames, item['image'], scorer),
-                temporal=temporal_consistency(frames, scorer), **toy)
+                temporal=temporal_consistency(frames, scorer), motion_compound=toy['motion'] if len(s.motions) > 1 else None, **toy)
 
 def _aggregate(rows: list, systems, seeds) -> dict:
     "Per system and metric: the mean over prompts for each seed, then mean and spread (std) over seeds."
@@ -313,7 +334,8 @@ def results_markdown(results: dict) -> str:
     c = results['config']
     head = (f"Held-out toyworld prompts: {c['n_prompts']}, seeds: {c['seeds']}, steps: {c['steps']}, frames: {c['num_frames']}; "
             f"mean +- std over seeds of the per-seed mean over prompts. CLIP metrics by the evaluator CLIP ({c['evaluator']}); "
-            "appearance = colour only.\n\n")
+            "appearance: the subject's colour is the image prompt's; pattern: patterned or solid as the image prompt; "
+            "motion_compound: motion on the prompts with two motions (the ones prompt decomposition is for).\n\n")
     cols = list(BENCHMARK_METRICS)
     lines = ['| system | ' + ' | '.join(cols) + ' |', '|---|' + '---:|' * len(cols)]
     for name, res in results['systems'].items():
@@ -380,18 +402,19 @@ def main(argv=None):
     ap.add_argument('--model', default=None, help='a Stable-Diffusion-style folder with a videobooth_adapter/ (default: the embedded toy model)')
     ap.add_argument('--joint', default=None, help="adapter folder of the jointly trained variant ('joint' system)")
     ap.add_argument('--input-splice', default=None, help="adapter folder of the input-splice variant ('input splice' system)")
+    ap.add_argument('--no-posenc-trained', default=None, help="adapter folder of the fine stage trained without position encoding ('no posenc, trained' system)")
     ap.add_argument('--systems', nargs='+', default=None, help='only these systems (names as in the table)')
     ap.add_argument('--evaluator', default=None, help='CLIP folder for the CLIP metrics (default: the toy evaluator CLIP)')
     ap.add_argument('--out', default=None, help='output folder (default: outputs/benchmark)')
     ap.add_argument('--quick', action='store_true', help='3 prompts, 1 seed, 4 steps')
     a = ap.parse_args(argv)
     if a.quick: a.prompts, a.seeds, a.steps = 3, a.seeds[:1], 4
-    systems = default_systems(a.joint, a.input_splice)
+    systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained)
     if a.systems:
         unknown = [s for s in a.systems if s not in systems]
         if unknown: ap.error(f"unknown system(s) {unknown}; choose from {list(systems)}")
         systems = {k: v for k, v in systems.items() if k in a.systems}
-    for name in ('joint', 'input splice'):
+    for name in ('joint', 'input splice', 'no posenc, trained'):
         if name in systems and not (Path(systems[name][0])/'config.json').exists(): ap.error(f"no adapter in {systems[name][0]!r} for {name!r}")
     try: res = run_benchmark(a.prompts, a.seeds, systems, a.model, a.steps, a.frames, a.evaluator, a.out)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))

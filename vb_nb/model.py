@@ -43,10 +43,12 @@ def build_unet(config='tiny', seed: int|None = 0, **overrides) -> UNetMotionMode
 TOY_VAE_CONFIG = dict(block_out_channels=(32, 64, 64), down_block_types=('DownEncoderBlock2D',) * 3, up_block_types=('UpDecoderBlock2D',) * 3,
                       latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64)
 
-def build_vae(seed: int|None = 0, **overrides) -> AutoencoderKL:
-    "A randomly initialised toy AutoencoderKL (x4 downsampling, 4 latent channels)."
+def build_vae(seed: int|None = 0, init_logvar: float = -6.0, **overrides) -> AutoencoderKL:
+    "A randomly initialised toy AutoencoderKL (x4 downsampling, 4 latent channels) whose posterior starts narrow."
     if seed is not None: torch.manual_seed(seed)
-    return AutoencoderKL(**{**TOY_VAE_CONFIG, **overrides})
+    vae = AutoencoderKL(**{**TOY_VAE_CONFIG, **overrides})
+    with torch.no_grad(): vae.quant_conv.bias[vae.config.latent_channels:] = init_logvar   # second half of the moments: log variance
+    return vae
 
 def sd_noise_scheduler() -> DDPMScheduler:
     "Stable Diffusion's training noise schedule (1000 steps, scaled-linear betas 0.00085..0.012, epsilon prediction)."

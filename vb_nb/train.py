@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path
 
 # %% auto #0
-__all__ = ['STAGES', 'TrainConfig', 'step_seed', 'trainable_state', 'checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch', 'vae_loss', 'set_latent_scale', 'video_latents',
-           'diffusion_inputs', 'TextToVideo', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
-           'build_stage_model', 'stage_loss', 'save_final', 'train_stage', 'hardware', 'ship_toy_model', 'main']
+__all__ = ['STAGES', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch', 'vae_loss',
+           'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'draw_conditions', 'videobooth_loss',
+           'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'train_stage', 'hardware',
+           'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -37,6 +38,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 0
+    lr_schedule: str = 'constant'     # after warmup: 'constant' or 'cosine' (decays to 10% of lr at max_steps)
     max_grad_norm: float = 1.0
     mixed_precision: str = 'no'       # 'no' | 'fp16' | 'bf16'
     checkpoint_every: int = 200
@@ -47,6 +49,8 @@ class TrainConfig:
     text_dropout: float = 0.1         # classifier-free guidance: probability of an empty prompt
     image_dropout: float = 0.1        # ... and of no image prompt
     mapper_reg: float = 0.01          # weight of mean |mapper tokens| (VideoBooth's stage-1 regulariser)
+    splice_mode: str = 'output'       # coarse, joint: splice the image tokens at the text encoder's 'output' or 'input' (fine: as its adapter)
+    posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -54,6 +58,8 @@ class TrainConfig:
             if getattr(self, f) < 1: raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
         for f in ('text_dropout', 'image_dropout'):
             if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
         if not self.out_dir: self.out_dir = str(outputs_dir()/self.stage)
@@ -70,6 +76,14 @@ class TrainConfig:
 def step_seed(seed: int, micro_step: int, process: int = 0) -> int:
     "A seed for one micro-step of one process, derived from the run's seed."
     return int(np.random.SeedSequence([seed, micro_step, process]).generate_state(1)[0])
+
+# %% ../nbs/08_train.ipynb #lrfn0001
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    "The multiplier of cfg.lr at optimizer step `step` (0-based)."
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == 'constant' or step < cfg.warmup_steps: return warm
+    done = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))
 
 # %% ../nbs/08_train.ipynb #f10da79e
 def trainable_state(model: torch.nn.Module) -> dict:
@@ -123,7 +137,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no trainable parameters: select a stage's set first")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     step, losses = 0, []
     last = checkpoints(cfg.out_dir)
     if resume and last:
@@ -278,8 +292,8 @@ def _final(path, stage):
     if not p.exists(): raise FileNotFoundError(f"{p} does not exist: train the {stage!r} stage first (vb_nb_train --stage {stage}) or name the folder")
     return p
 
-def build_stage_model(stage: str, inputs: StageInputs):
-    "The module whose trainable parameters the stage trains (everything else frozen)."
+def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True):
+    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode and posenc as in TrainConfig."
     from diffusers import AutoencoderKL, UNetMotionModel
     from vb_nb.model import VideoBooth, build_unet, build_vae
     from vb_nb.clip import load_text_encoder, load_tokenizer, load_image_encoder
@@ -287,13 +301,16 @@ def build_stage_model(stage: str, inputs: StageInputs):
     if inputs.base:
         if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
-                                           adapter=inputs.adapter or None if stage == 'fine' else None)
+                                           adapter=inputs.adapter or None if stage == 'fine' else None,
+                                           **({} if stage == 'fine' else dict(splice_mode=splice_mode)))
     else:
         vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
         if stage == 'base': return TextToVideo(build_unet('tiny'), vae, load_text_encoder(), load_tokenizer()).train()
         unet = UNetMotionModel.from_pretrained(_final(inputs.unet, 'base'))
-        model = VideoBooth(unet, vae, load_text_encoder(), load_tokenizer(), load_image_encoder())
+        model = VideoBooth(unet, vae, load_text_encoder(), load_tokenizer(), load_image_encoder(), splice_mode=splice_mode)
         if stage == 'fine': model.load_adapter(_final(inputs.adapter, 'coarse'))
+    if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
+        model.ctx.posenc = posenc; model.adapter.register_to_config(posenc=posenc)
     model.set_stage({'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage])
     return model
 
@@ -321,7 +338,7 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
-    model = model if model is not None else build_stage_model(cfg.stage, inputs)
+    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc)
     summary_path = Path(cfg.out_dir)/'summary.json'
     earlier = json.loads(summary_path.read_text()).get('seconds', 0.0) if resume and checkpoints(cfg.out_dir) and summary_path.exists() else 0.0
     start = time.time()
@@ -363,6 +380,13 @@ def ship_toy_model(dest=None) -> Path:
     return dest
 
 # %% ../nbs/08_train.ipynb #988e9bdb
+def _yes_no(s: str) -> bool:
+    "A yes/no command-line value."
+    v = s.strip().lower()
+    if v in ('1', 'true', 'yes', 'on'): return True
+    if v in ('0', 'false', 'no', 'off'): return False
+    raise ValueError(f"expected yes or no, got {s!r}")
+
 def main(argv=None):
     "Command line: train one stage (vae, base, coarse, fine, joint)."
     import argparse
@@ -370,9 +394,10 @@ def main(argv=None):
     ap.add_argument('--stage', required=True, choices=STAGES)
     ap.add_argument('--out', default='', help='output folder (default outputs/toy/<stage>)')
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
-    for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'max_grad_norm', 'mixed_precision',
-              'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg'):
-        typ = {'max_steps': int}.get(f, type(getattr(TrainConfig, f)))
+    for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
+              'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg',
+              'splice_mode', 'posenc'):
+        typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
     for f in ('data', 'vae', 'unet', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
