@@ -187,6 +187,14 @@ class VideoBooth(nn.Module):
                    CLIPVisionModelWithProjection(cfg.vision_config), sd_noise_scheduler(), **options)
 
     @classmethod
+    def from_toy_parts(cls, vae, unet, adapter=None, dtype=torch.float32, **options) -> 'VideoBooth':
+        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP."
+        with _quiet_diffusers():
+            model = cls(UNetMotionModel.from_pretrained(unet, torch_dtype=dtype), AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
+                        load_text_encoder(dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype), **options)
+        return model.load_adapter(adapter) if adapter is not None else model
+
+    @classmethod
     def from_pretrained(cls, base, motion_adapter=None, image_encoder=None, adapter=None, text_encoder=None, dtype=torch.float32, device=None,
                         **options) -> 'VideoBooth':
         "Load the base parts from a Stable-Diffusion-style folder / hub id (unet/ vae/ text_encoder/ tokenizer/ scheduler/), then an adapter folder if given."

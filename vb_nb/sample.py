@@ -138,18 +138,14 @@ def toy_model_dir() -> Path:
 
 def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None, device=None, dtype=torch.float32, scheduler=None) -> VideoBoothPipeline:
     "A pipeline: the embedded toy model (path=None), or a Stable-Diffusion-style folder / hub id with an adapter folder."
-    from diffusers import AutoencoderKL, UNetMotionModel
     from vb_nb.model import VideoBooth
-    from vb_nb.clip import load_text_encoder, load_image_encoder, load_tokenizer
     if path is None:
         root = toy_model_dir()
         for part in ('vae', 'unet', 'adapter'):
             if not (root/part/'config.json').exists():
                 raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
                                         "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
-        model = VideoBooth(UNetMotionModel.from_pretrained(root/'unet', torch_dtype=dtype), AutoencoderKL.from_pretrained(root/'vae', torch_dtype=dtype),
-                           load_text_encoder(dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype))
-        model.load_adapter(root/'adapter')
+        model = VideoBooth.from_toy_parts(root/'vae', root/'unet', root/'adapter', dtype=dtype)
     else:
         adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
         model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)

@@ -294,9 +294,9 @@ def _final(path, stage):
 
 def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True):
     "The module whose trainable parameters the stage trains (everything else frozen); splice_mode and posenc as in TrainConfig."
-    from diffusers import AutoencoderKL, UNetMotionModel
+    from diffusers import AutoencoderKL
     from vb_nb.model import VideoBooth, build_unet, build_vae
-    from vb_nb.clip import load_text_encoder, load_tokenizer, load_image_encoder
+    from vb_nb.clip import load_text_encoder, load_tokenizer
     if stage == 'vae': return build_vae().train()
     if inputs.base:
         if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
@@ -304,11 +304,11 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
                                            adapter=inputs.adapter or None if stage == 'fine' else None,
                                            **({} if stage == 'fine' else dict(splice_mode=splice_mode)))
     else:
-        vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
-        if stage == 'base': return TextToVideo(build_unet('tiny'), vae, load_text_encoder(), load_tokenizer()).train()
-        unet = UNetMotionModel.from_pretrained(_final(inputs.unet, 'base'))
-        model = VideoBooth(unet, vae, load_text_encoder(), load_tokenizer(), load_image_encoder(), splice_mode=splice_mode)
-        if stage == 'fine': model.load_adapter(_final(inputs.adapter, 'coarse'))
+        if stage == 'base':
+            vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
+            return TextToVideo(build_unet('tiny'), vae, load_text_encoder(), load_tokenizer()).train()
+        model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
+                                          _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
         model.ctx.posenc = posenc; model.adapter.register_to_config(posenc=posenc)
     model.set_stage({'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage])
