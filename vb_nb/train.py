@@ -189,12 +189,15 @@ def random_batch(dataset, batch_size: int) -> dict:
 
 # %% ../nbs/08_train.ipynb #5c4c9a6b
 def vae_loss(vae, batch, kl_weight: float = 1e-6) -> torch.Tensor:
-    "Reconstruction MSE of a batch of frames (B, 3, H, W) in [-1, 1], plus a small KL term."
+    "Reconstruction MSE of the batch's frames and, if it has them, its image prompts (each group weighted equally; [-1, 1]), plus a small KL term."
     x = batch['pixel_values']
-    x = x.flatten(0, 1) if x.ndim == 5 else x
+    groups = [x.flatten(0, 1) if x.ndim == 5 else x]
+    if 'vae_pixel_values' in batch: groups.append(batch['vae_pixel_values'])
+    x = torch.cat(groups)
     post = vae.encode(x).latent_dist
     rec = vae.decode(post.sample()).sample
-    return torch.nn.functional.mse_loss(rec, x) + kl_weight * post.kl().mean()
+    mse = sum(torch.nn.functional.mse_loss(r, g) for r, g in zip(rec.split([len(g) for g in groups]), groups))
+    return mse + kl_weight * post.kl().mean()
 
 @torch.no_grad()
 def set_latent_scale(vae, frames: torch.Tensor) -> float:
