@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path
 
 # %% auto #0
-__all__ = ['STAGES', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint',
-           'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch', 'vae_loss',
-           'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'draw_conditions', 'videobooth_loss',
-           'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'train_stage', 'hardware',
-           'ship_toy_model', 'main']
+__all__ = ['STAGES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
+           'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
+           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'draw_conditions',
+           'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss', 'save_final',
+           'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -51,6 +51,7 @@ class TrainConfig:
     mapper_reg: float = 0.01          # weight of mean |mapper tokens| (VideoBooth's stage-1 regulariser)
     splice_mode: str = 'output'       # coarse, joint: splice the image tokens at the text encoder's 'output' or 'input' (fine: as its adapter)
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
+    sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -333,6 +334,34 @@ def save_final(stage: str, model, folder) -> Path:
         else: model.adapter.save_pretrained(tmp)
     return folder
 
+# %% ../nbs/08_train.ipynb #smpfn001
+SAMPLE_PROMPT = ('red_checkered_star', 'a star drifts to the left, then up over green grass')   # bundled example image, text
+
+def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10):
+    "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint to out_dir/samples (None for the VAE or steps=0)."
+    if stage == 'vae' or steps < 1: return None
+    import copy
+    from vb_nb.model import VideoBooth
+    from vb_nb.clip import load_image_encoder
+    from vb_nb.sample import generate, example_images
+    from vb_nb.core import gif_bytes
+    image, prompt = example_images()[SAMPLE_PROMPT[0]], SAMPLE_PROMPT[1]
+    def sample(step, checkpoint):
+        if stage == 'base':
+            device = next(model.unet.parameters()).device
+            vb = VideoBooth(copy.deepcopy(model.unet), model.vae, model.text_encoder, model.tokenizer, load_image_encoder()).to(device)
+            opts = dict(image_guidance=0.0, injection=False)
+        else:
+            vb, opts = model, {}
+            if stage == 'coarse': model.adapter.register_to_config(trained_stage='coarse')   # the sampler's attention for a coarse adapter, as train_stage marks it
+        was = model.training
+        try: video = generate(image, prompt, model=vb.eval(), steps=steps, refine=None, progress=False, **opts)
+        finally: model.train(was)
+        path = Path(out_dir)/'samples'/f'step_{step:07d}.gif'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp: tmp.write_bytes(gif_bytes(video.frames))
+    return sample
+
 # %% ../nbs/08_train.ipynb #34afa4df
 def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None, model=None, resume: bool = True, accelerator=None) -> tuple:
     "Train one stage end to end; return (model, losses)."
@@ -345,7 +374,8 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     summary_path = Path(cfg.out_dir)/'summary.json'
     earlier = json.loads(summary_path.read_text()).get('seconds', 0.0) if resume and checkpoints(cfg.out_dir) and summary_path.exists() else 0.0
     start = time.time()
-    losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator)
+    losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
+                 on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
     seconds = time.time() - start
     if cfg.stage == 'vae':
         frames = random_batch(dataset, 16)['pixel_values'].flatten(0, 1)
@@ -399,7 +429,7 @@ def main(argv=None):
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg',
-              'splice_mode', 'posenc'):
+              'splice_mode', 'posenc', 'sample_steps'):
         typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
     for f in ('data', 'vae', 'unet', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
