@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import json, math, os, shutil, time
+import json, math, os, re, shutil, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path
 
 # %% auto #0
-__all__ = ['STAGES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
+__all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
-           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'draw_conditions',
-           'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss', 'save_final',
-           'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
+           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'drop_subject_modifiers',
+           'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss',
+           'save_final', 'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -49,6 +49,7 @@ class TrainConfig:
     text_dropout: float = 0.1         # classifier-free guidance: probability of an empty prompt
     image_dropout: float = 0.1        # ... and of no image prompt
     mapper_reg: float = 0.01          # weight of mean |mapper tokens| (VideoBooth's stage-1 regulariser)
+    appearance_dropout: float = 0.5   # probability that a clip with its image prompt loses the caption's words describing the subject
     splice_mode: str = 'output'       # coarse, joint: splice the image tokens at the text encoder's 'output' or 'input' (fine: as its adapter)
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
@@ -61,7 +62,7 @@ class TrainConfig:
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
-        for f in ('text_dropout', 'image_dropout'):
+        for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
             if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
         if not self.out_dir: self.out_dir = str(outputs_dir()/self.stage)
 
@@ -243,20 +244,39 @@ class TextToVideo(torch.nn.Module):
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
         return torch.nn.functional.mse_loss(pred, noise)
 
+# %% ../nbs/08_train.ipynb #appfn001
+DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
+
+def drop_subject_modifiers(caption: str, subject: str, max_words: int = 4) -> str:
+    "`caption` without the words describing its first `subject`: up to max_words modifiers before it and a 'with <noun>' after it."
+    from vb_nb.splice import subject_pattern
+    m = subject_pattern(subject).search(caption)
+    if m is None: return caption
+    before, after = caption[:m.start()].split(), caption[m.end():]
+    keep = len(before)
+    while keep > 0 and len(before) - keep < max_words and before[keep - 1].lower() not in DETERMINERS and re.fullmatch(r'[A-Za-z][A-Za-z-]*', before[keep - 1]):
+        keep -= 1
+    if keep == 0 and len(before) >= max_words: keep = len(before)   # no determiner in reach: not a noun phrase we understand
+    after = re.sub(r'^\s+with\s+(?!(?:' + '|'.join(DETERMINERS) + r')\b)[\w-]+', '', after)
+    return ' '.join(before[:keep] + [caption[m.start():m.end()]]) + after
+
 # %% ../nbs/08_train.ipynb #37cb0da8
 def draw_conditions(batch_size: int, text_dropout: float, image_dropout: float) -> torch.Tensor:
     "Per clip: 0 full, 1 no image, 2 unconditional (drawn with torch's global generator)."
     r = torch.rand(batch_size, 2)
     return torch.where(r[:, 0] < text_dropout, 2, torch.where(r[:, 1] < image_dropout, 1, 0))
 
-def videobooth_loss(model, batch, stage, text_dropout: float = 0.1, image_dropout: float = 0.1, mapper_reg: float = 0.01) -> torch.Tensor:
+def videobooth_loss(model, batch, stage, text_dropout: float = 0.1, image_dropout: float = 0.1, mapper_reg: float = 0.01,
+                    appearance_dropout: float = 0.0) -> torch.Tensor:
     "Stage loss of a VideoBooth model on a batch: epsilon MSE over the three conditions plus the mapper regulariser."
     if stage not in (1, 2, 'joint'): raise ValueError(f"stage must be 1, 2 or 'joint', got {stage!r}")
     latents = video_latents(model.vae, batch['pixel_values'])
     noise, t, noisy = diffusion_inputs(latents, model.noise_scheduler)
     images = (batch['vae_pixel_values'] + 1) / 2
     cond = draw_conditions(len(t), text_dropout, image_dropout)
-    prompts = [c if k < 2 else '' for c, k in zip(batch['caption'], cond.tolist())]
+    plain = (torch.rand(len(t)) < appearance_dropout).tolist()
+    prompts = [('' if k == 2 else drop_subject_modifiers(c, s) if k == 0 and p else c)
+               for c, s, k, p in zip(batch['caption'], batch['subject'], cond.tolist(), plain)]
     tokens = []
     hook = model.adapter.mapper.register_forward_hook(lambda m, a, out: tokens.append(out))
     try:
@@ -323,7 +343,7 @@ def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     if stage == 'vae': return vae_loss
     if stage == 'base': return lambda m, b: m(b, cfg.text_dropout)
     s = {'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage]
-    return lambda m, b: videobooth_loss(m, b, s, cfg.text_dropout, cfg.image_dropout, cfg.mapper_reg)
+    return lambda m, b: videobooth_loss(m, b, s, cfg.text_dropout, cfg.image_dropout, cfg.mapper_reg, cfg.appearance_dropout)
 
 def save_final(stage: str, model, folder) -> Path:
     "Write the stage's result with the library's save_pretrained into `folder`, atomically."
@@ -428,7 +448,7 @@ def main(argv=None):
     ap.add_argument('--out', default='', help='output folder (default outputs/toy/<stage>)')
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
-              'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg',
+              'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
               'splice_mode', 'posenc', 'sample_steps'):
         typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
