@@ -284,11 +284,11 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
                           image=render_example(spec.category, spec.colour, spec.pattern)))
     return items
 
-def default_systems(joint=None, input_splice=None, no_posenc_trained=None) -> dict:
+def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None) -> dict:
     "name -> (model source, generate options); model source None is the benchmark's model, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
          'base / text only': (None, dict(image_guidance=0.0, injection=False)),
-         'coarse only': (None, dict(injection=False)),
+         'coarse only': (str(coarse) if coarse else None, dict(injection=False)),   # the stage-1 adapter if given, else the full one without injection
          'full': (None, {}),
          'no posenc': (None, dict(posenc=False)),
          'full + refine': (None, dict(refine='director'))}
@@ -400,6 +400,7 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=25)
     ap.add_argument('--frames', type=int, default=8)
     ap.add_argument('--model', default=None, help='a Stable-Diffusion-style folder with a videobooth_adapter/ (default: the embedded toy model)')
+    ap.add_argument('--coarse', default=None, help="adapter folder of the coarse stage ('coarse only' system; default: the full adapter without injection)")
     ap.add_argument('--joint', default=None, help="adapter folder of the jointly trained variant ('joint' system)")
     ap.add_argument('--input-splice', default=None, help="adapter folder of the input-splice variant ('input splice' system)")
     ap.add_argument('--no-posenc-trained', default=None, help="adapter folder of the fine stage trained without position encoding ('no posenc, trained' system)")
@@ -409,13 +410,13 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true', help='3 prompts, 1 seed, 4 steps')
     a = ap.parse_args(argv)
     if a.quick: a.prompts, a.seeds, a.steps = 3, a.seeds[:1], 4
-    systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained)
+    systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained, a.coarse)
     if a.systems:
         unknown = [s for s in a.systems if s not in systems]
         if unknown: ap.error(f"unknown system(s) {unknown}; choose from {list(systems)}")
         systems = {k: v for k, v in systems.items() if k in a.systems}
-    for name in ('joint', 'input splice', 'no posenc, trained'):
-        if name in systems and not (Path(systems[name][0])/'config.json').exists(): ap.error(f"no adapter in {systems[name][0]!r} for {name!r}")
+    for name, (source, _) in systems.items():
+        if source not in (None, 'real') and not (Path(source)/'config.json').exists(): ap.error(f"no adapter in {source!r} for {name!r}")
     try: res = run_benchmark(a.prompts, a.seeds, systems, a.model, a.steps, a.frames, a.evaluator, a.out)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     out = Path(a.out or outputs_dir()/'benchmark')
