@@ -68,6 +68,13 @@ class InjectionContext:
         if m not in self.modes: raise ValueError(f"mode must be one of {self.modes}, got {m!r}")
         self._mode = m
 
+    def observe_input(self, module, args, kwargs):
+        "The UNet's forward pre-hook: note the input's frames and latent size (a bound method, so a deep copy of the model reports to its own copy)."
+        sample = args[0] if args else kwargs['sample']
+        if sample.ndim != 5: raise ValueError(f"UNetMotionModel input must be (batch, channels, frames, height, width), got {tuple(sample.shape)}")
+        self.num_frames, self.latent_size = sample.shape[2], tuple(sample.shape[-2:])
+        self.counts[self.mode] += 1
+
     def encoding(self, frames, h, w, dim, time_encoding, device, dtype):
         "Cached (frames, h*w, dim) position code of an h x w level, positions on the current latent grid."
         key = (frames, h, w, dim, self.latent_size, time_encoding, self.posenc_base, device, dtype)
@@ -161,14 +168,6 @@ def spatial_self_attentions(unet: nn.Module) -> dict[str, Attention]:
             for name, mod in unet.named_modules() if isinstance(mod, Transformer2DModel)
             for i, blk in enumerate(mod.transformer_blocks)}
 
-def _shape_hook(ctx):
-    def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs['sample']
-        if sample.ndim != 5: raise ValueError(f"UNetMotionModel input must be (batch, channels, frames, height, width), got {tuple(sample.shape)}")
-        ctx.num_frames, ctx.latent_size = sample.shape[2], tuple(sample.shape[-2:])
-        ctx.counts[ctx.mode] += 1
-    return hook
-
 def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) -> dict[str, CrossFrameAttnProcessor]:
     "Give every spatial attn1 of `unet` a CrossFrameAttnProcessor reading `ctx`; return the new processors by layer name."
     if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
@@ -185,7 +184,7 @@ def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) 
         procs[name] = CrossFrameAttnProcessor(a, ctx, name)
         a.set_processor(procs[name])
     ctx.layers.extend(procs)
-    ctx.hooks.append(unet.register_forward_pre_hook(_shape_hook(ctx), with_kwargs=True))
+    ctx.hooks.append(unet.register_forward_pre_hook(ctx.observe_input, with_kwargs=True))
     return procs
 
 # %% ../nbs/06_attention.ipynb #dc12df1c
