@@ -89,6 +89,27 @@ def test_quick_benchmark_resumes(tiny_clip_dir, tmp_path, monkeypatch):
                          out_dir=tmp_path, progress=False) == res
 
 
+def test_benchmark_measures_a_retrained_adapter_afresh(tiny_clip_dir, tmp_path, monkeypatch):
+    from vb_nb.model import VideoBooth
+    import vb_nb.sample
+    d, _ = tiny_clip_dir
+    model, adapter = VideoBooth.toy(), tmp_path / 'adapter'
+    model.adapter.save_pretrained(adapter)
+    systems = {'variant': (str(adapter), {})}
+    bench = lambda: run_benchmark(n_prompts=1, seeds=[0], systems=systems, model=model, steps=1, evaluator=str(d),
+                                  out_dir=tmp_path / 'bench', progress=False)
+    first = bench()
+    assert first['config']['fingerprints']['variant'][1] is not None
+    VideoBooth.toy(seed=1).adapter.save_pretrained(adapter)          # "retrained": same folder, other weights
+    calls = []
+    real_generate = vb_nb.sample.generate
+    monkeypatch.setattr(vb_nb.sample, 'generate', lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    second = bench()
+    assert calls == [1], 'the cached row of the old adapter was reused'
+    assert second['config']['fingerprints']['variant'] != first['config']['fingerprints']['variant']
+    assert len((tmp_path / 'bench' / 'rows.jsonl').read_text().splitlines()) == 2
+
+
 def test_cli(tiny_clip_dir, tmp_path, capsys):
     d, _ = tiny_clip_dir
     main(['--systems', 'real', '--prompts', '2', '--seeds', '0', '1', '--evaluator', str(d), '--out', str(tmp_path)])

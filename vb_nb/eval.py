@@ -20,8 +20,8 @@ __all__ = ['COLOUR_HUES', 'SCORED_MOTIONS', 'BENCHMARK_METRICS', 'CLIPFeatures',
            'as_frame_list', 'clip_score', 'clip_image_score', 'temporal_consistency', 'train_toy_eval_clip',
            'subject_pixels', 'subject_colour', 'track_subject', 'category_accuracy', 'appearance_accuracy',
            'tint_fraction', 'pattern_accuracy', 'segment_correct', 'motion_accuracy', 'real_clip', 'toy_measurements',
-           'benchmark_prompt', 'benchmark_prompts', 'default_systems', 'measure_video', 'results_markdown',
-           'run_benchmark', 'main']
+           'benchmark_prompt', 'benchmark_prompts', 'default_systems', 'folder_fingerprint', 'measure_video',
+           'results_markdown', 'run_benchmark', 'main']
 
 # %% ../nbs/10_eval.ipynb #82cd8dac
 def _features(out) -> torch.Tensor:
@@ -288,6 +288,7 @@ def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coars
     "name -> (model source, generate options); model source None is the benchmark's model, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
          'base / text only': (None, dict(image_guidance=0.0, injection=False)),
+         'base / appearance in text': (None, dict(image_guidance=0.0, injection=False, text='description')),
          'coarse only': (str(coarse) if coarse else None, dict(injection=False)),   # the stage-1 adapter if given, else the full one without injection
          'full': (None, {}),
          'no posenc': (None, dict(posenc=False)),
@@ -298,6 +299,22 @@ def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coars
     return s
 
 # %% ../nbs/10_eval.ipynb #8a5d7413
+def folder_fingerprint(source) -> str|None:
+    "A short hash of a model folder's files (names and bytes; None for an in-memory model), so cached rows of a retrained model are not reused."
+    import hashlib
+    if source is None:
+        from vb_nb.sample import toy_model_dir
+        source = toy_model_dir()
+    if not isinstance(source, (str, os.PathLike)): return None
+    p = Path(source)
+    if not p.exists(): return str(source)               # a hub id: its name is all we know
+    h = hashlib.sha1()
+    for f in sorted(q for q in ([p] if p.is_file() else p.rglob('*')) if q.is_file()):
+        h.update(str(f.relative_to(p) if f != p else f.name).encode())
+        with open(f, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()[:12]
+
 def _with_adapter(model, folder):
     "The benchmark's model with the adapter of `folder` loaded (a copy: the original keeps its adapter)."
     import copy
@@ -348,7 +365,7 @@ def results_markdown(results: dict) -> str:
         lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return head + '\n'.join(lines) + '\n'
 
-# %% ../nbs/10_eval.ipynb #d1324656
+# %% ../nbs/10_eval.ipynb #38e9faba
 def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = None, model=None, steps: int = 25,
                   num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True) -> dict:
     "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir`."
@@ -362,9 +379,14 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     items = benchmark_prompts(n_prompts, prompt_seed)
     config = dict(n_prompts=n_prompts, seeds=seeds, steps=steps, num_frames=num_frames, prompt_seed=prompt_seed, evaluator=repr(scorer),
                   model=model if model is None or isinstance(model, (str, os.PathLike)) else type(model).__name__)
+    model_fp = folder_fingerprint(model)
+    config['fingerprints'] = {name: None if src == 'real' else model_fp if src is None else [model_fp, folder_fingerprint(src)]
+                              for name, (src, _) in systems.items()}
     rows_path = out_dir/'rows.jsonl'
     rows = [json.loads(l) for l in rows_path.read_text().splitlines() if l] if rows_path.exists() else []
-    key = lambda name, i, sd: json.dumps([name, i, sd, {k: v for k, v in config.items() if k != 'seeds'}], sort_keys=True, default=str)
+    # a cached row is reused only for the same system, prompt, seed, settings and model files
+    key = lambda name, i, sd: json.dumps([name, i, sd, {k: v for k, v in config.items() if k not in ('seeds', 'fingerprints')},
+                                          config['fingerprints'][name]], sort_keys=True, default=str)
     done = {r['key'] for r in rows}
     pipes = {}
     todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
@@ -375,8 +397,9 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
         if source == 'real': frames = real_clip(it['spec'], num_frames)
         else:
             if name not in pipes: pipes[name] = _pipeline(model, None) if source is None else _pipeline(_with_adapter(model, source), None)
-            frames = generate(it['image'], it['prompt'], it['spec'].category, model=pipes[name], num_frames=num_frames, steps=steps,
-                              seed=sd, progress=False, **{'refine': None, **opts}).frames
+            text = it[opts.get('text', 'prompt')]
+            frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, steps=steps,
+                              seed=sd, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames
         r = dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer))
         rows.append(r)
         with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
