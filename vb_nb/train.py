@@ -266,9 +266,9 @@ def draw_conditions(batch_size: int, text_dropout: float, image_dropout: float) 
     r = torch.rand(batch_size, 2)
     return torch.where(r[:, 0] < text_dropout, 2, torch.where(r[:, 1] < image_dropout, 1, 0))
 
-def videobooth_loss(model, batch, stage, text_dropout: float = 0.1, image_dropout: float = 0.1, mapper_reg: float = 0.01,
-                    appearance_dropout: float = 0.0) -> torch.Tensor:
-    "Stage loss of a VideoBooth model on a batch: epsilon MSE over the three conditions plus the mapper regulariser."
+def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_dropout, image_dropout: float = TrainConfig.image_dropout,
+                    mapper_reg: float = TrainConfig.mapper_reg, appearance_dropout: float = TrainConfig.appearance_dropout) -> torch.Tensor:
+    "Stage loss of a VideoBooth model on a batch (defaults: TrainConfig's): epsilon MSE over the three conditions plus the mapper regulariser."
     if stage not in (1, 2, 'joint'): raise ValueError(f"stage must be 1, 2 or 'joint', got {stage!r}")
     latents = video_latents(model.vae, batch['pixel_values'])
     noise, t, noisy = diffusion_inputs(latents, model.noise_scheduler)
