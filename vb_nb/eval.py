@@ -285,10 +285,10 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
     return items
 
 def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None) -> dict:
-    "name -> (model source, generate options); model source None is the benchmark's model, 'real' the real clips, a folder an adapter for it."
+    "name -> (model source, generate options); model source None is the benchmark's model, 'base' its base alone, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
-         'base / text only': (None, dict(image_guidance=0.0, injection=False)),
-         'base / appearance in text': (None, dict(image_guidance=0.0, injection=False, text='description')),
+         'base / text only': ('base', dict(image_guidance=0.0, injection=False)),
+         'base / appearance in text': ('base', dict(image_guidance=0.0, injection=False, text='description')),
          'coarse only': (str(coarse) if coarse else None, dict(injection=False)),   # the stage-1 adapter if given, else the full one without injection
          'full': (None, {}),
          'no posenc': (None, dict(posenc=False)),
@@ -314,6 +314,14 @@ def folder_fingerprint(source) -> str|None:
         with open(f, 'rb') as fh:
             for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
     return h.hexdigest()[:12]
+
+def _base_only(model):
+    "A copy of the benchmark's model that samples as its base alone: its own frame attention and text K/V (the adapter's stay unused at image guidance 0)."
+    import copy
+    from vb_nb.sample import _pipeline
+    m = copy.deepcopy(_pipeline(model, None).model)
+    m.adapter.register_to_config(trained_stage='coarse')   # the sampler's text branches then take the base's attention, not the fine stage's
+    return m
 
 def _with_adapter(model, folder):
     "The benchmark's model with the adapter of `folder` loaded (a copy: the original keeps its adapter)."
@@ -380,12 +388,12 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     config = dict(n_prompts=n_prompts, seeds=seeds, steps=steps, num_frames=num_frames, prompt_seed=prompt_seed, evaluator=repr(scorer),
                   model=model if model is None or isinstance(model, (str, os.PathLike)) else type(model).__name__)
     model_fp = folder_fingerprint(model)
-    config['fingerprints'] = {name: None if src == 'real' else model_fp if src is None else [model_fp, folder_fingerprint(src)]
-                              for name, (src, _) in systems.items()}
+    config['fingerprints'] = {name: None if src == 'real' else model_fp if src is None else ['base', model_fp] if src == 'base'
+                              else [model_fp, folder_fingerprint(src)] for name, (src, _) in systems.items()}
     rows_path = out_dir/'rows.jsonl'
     rows = [json.loads(l) for l in rows_path.read_text().splitlines() if l] if rows_path.exists() else []
-    # a cached row is reused only for the same system, prompt, seed, settings and model files
-    key = lambda name, i, sd: json.dumps([name, i, sd, {k: v for k, v in config.items() if k not in ('seeds', 'fingerprints')},
+    # a cached row is reused only for the same system, prompt, seed, settings and model files (the fingerprints, not where the files lie)
+    key = lambda name, i, sd: json.dumps([name, i, sd, {k: v for k, v in config.items() if k not in ('seeds', 'fingerprints', 'model')},
                                           config['fingerprints'][name]], sort_keys=True, default=str)
     done = {r['key'] for r in rows}
     pipes = {}
@@ -396,7 +404,8 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
         source, opts = systems[name]
         if source == 'real': frames = real_clip(it['spec'], num_frames)
         else:
-            if name not in pipes: pipes[name] = _pipeline(model, None) if source is None else _pipeline(_with_adapter(model, source), None)
+            if name not in pipes:
+                pipes[name] = _pipeline(model if source is None else _base_only(model) if source == 'base' else _with_adapter(model, source), None)
             text = it[opts.get('text', 'prompt')]
             frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, steps=steps,
                               seed=sd, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames
@@ -439,7 +448,7 @@ def main(argv=None):
         if unknown: ap.error(f"unknown system(s) {unknown}; choose from {list(systems)}")
         systems = {k: v for k, v in systems.items() if k in a.systems}
     for name, (source, _) in systems.items():
-        if source not in (None, 'real') and not (Path(source)/'config.json').exists(): ap.error(f"no adapter in {source!r} for {name!r}")
+        if source not in (None, 'real', 'base') and not (Path(source)/'config.json').exists(): ap.error(f"no adapter in {source!r} for {name!r}")
     try: res = run_benchmark(a.prompts, a.seeds, systems, a.model, a.steps, a.frames, a.evaluator, a.out)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     out = Path(a.out or outputs_dir()/'benchmark')

@@ -17,7 +17,7 @@ from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
 __all__ = ['EXAMPLES', 'load_image_prompt', 'subject_vocab', 'find_subject_word', 'VideoBoothPipeline', 'decode_frames',
-           'toy_model_dir', 'load_model', 'check_options', 'generate', 'example_dir', 'render_example',
+           'toy_model_dir', 'is_toy_layout', 'load_model', 'check_options', 'generate', 'example_dir', 'render_example',
            'example_images', 'main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
@@ -136,16 +136,21 @@ def toy_model_dir() -> Path:
     import vb_nb
     return Path(vb_nb.__file__).parent/'assets'/'toy'
 
+def is_toy_layout(path) -> bool:
+    "Whether `path` is a toy-model folder (vae/ unet/ adapter/ and no text encoder) rather than a Stable-Diffusion-style one."
+    p = Path(path)
+    return all((p/part/'config.json').exists() for part in ('vae', 'unet', 'adapter')) and not (p/'text_encoder').exists()
+
 def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None, device=None, dtype=torch.float32, scheduler=None) -> VideoBoothPipeline:
-    "A pipeline: the embedded toy model (path=None), or a Stable-Diffusion-style folder / hub id with an adapter folder."
+    "A pipeline: the embedded toy model (path=None), a folder laid out like it (vae/ unet/ adapter/, as ship_toy_model writes), or a Stable-Diffusion-style folder / hub id with an adapter folder."
     from vb_nb.model import VideoBooth
-    if path is None:
-        root = toy_model_dir()
+    if path is None or is_toy_layout(path):
+        root = toy_model_dir() if path is None else Path(path)
         for part in ('vae', 'unet', 'adapter'):
             if not (root/part/'config.json').exists():
                 raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
                                         "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
-        model = VideoBooth.from_toy_parts(root/'vae', root/'unet', root/'adapter', dtype=dtype)
+        model = VideoBooth.from_toy_parts(root/'vae', root/'unet', Path(adapter) if adapter is not None else root/'adapter', dtype=dtype)
     else:
         adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
         model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)

@@ -97,7 +97,7 @@ def checkpoints(out_dir) -> list[Path]:
     d = Path(out_dir)/'checkpoints'
     return sorted(p for p in d.glob('step_*') if p.is_dir() and (p/'state.json').exists()) if d.exists() else []
 
-def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig) -> Path:
+def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0) -> Path:
     "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones."
     root = Path(out_dir)/'checkpoints'; root.mkdir(parents=True, exist_ok=True)
     final, tmp = root/f'step_{step:07d}', root/f'.tmp_step_{step:07d}'
@@ -105,7 +105,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: lis
     save_file(trainable_state(model), str(tmp/'trainable.safetensors'))
     torch.save({'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict()}, tmp/'optimizer.pt')
     (tmp/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
-    (tmp/'state.json').write_text(json.dumps({'step': step, 'losses': losses}))   # written last: marks it complete
+    (tmp/'state.json').write_text(json.dumps({'step': step, 'losses': losses, 'seconds': round(seconds, 1)}))   # written last: marks it complete
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
@@ -140,14 +140,16 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
     if not params: raise ValueError("the model has no trainable parameters: select a stage's set first")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-    step, losses = 0, []
+    step, losses, earlier = 0, [], 0.0
     last = checkpoints(cfg.out_dir)
     if resume and last:
         step, losses = load_checkpoint(last[-1], model, opt, sched)
+        earlier = json.loads((last[-1]/'state.json').read_text()).get('seconds', 0.0)   # training time of the interrupted runs
         if acc.is_main_process: print(f"resuming from {last[-1]} (step {step})")
     wrapped, opt, sched = acc.prepare(model, opt, sched)
     wrapped.train()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, desc=cfg.stage)
+    start = time.time()
     while step < cfg.max_steps:
         total = 0.0
         for micro in range(cfg.grad_accum):
@@ -168,7 +170,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                ck = save_checkpoint(cfg.out_dir, step, acc.unwrap_model(wrapped), opt, sched, losses, cfg)
+                ck = save_checkpoint(cfg.out_dir, step, acc.unwrap_model(wrapped), opt, sched, losses, cfg, seconds=earlier + time.time() - start)
                 if on_checkpoint is not None: on_checkpoint(step, ck)
     bar.close()
     return losses
@@ -391,20 +393,19 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
     model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc)
-    summary_path = Path(cfg.out_dir)/'summary.json'
-    earlier = json.loads(summary_path.read_text()).get('seconds', 0.0) if resume and checkpoints(cfg.out_dir) and summary_path.exists() else 0.0
     start = time.time()
     losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
                  on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
-    seconds = time.time() - start
+    ck = checkpoints(cfg.out_dir)   # the last one is the final step's, and its state holds the time of every run that led to it
+    seconds = json.loads((ck[-1]/'state.json').read_text()).get('seconds', 0.0) if ck else time.time() - start
     if cfg.stage == 'vae':
         frames = random_batch(dataset, 16)['pixel_values'].flatten(0, 1)
         print(f"latent scale: {set_latent_scale(model.eval(), frames):.4f}")
     if cfg.stage in ('coarse', 'fine', 'joint'): model.adapter.register_to_config(trained_stage=cfg.stage)   # tells the sampler which attention to use
     save_final(cfg.stage, model, Path(cfg.out_dir)/'final')
-    summary = dict(stage=cfg.stage, steps=len(losses), seconds=round(earlier + seconds, 1), losses=losses, config=asdict(cfg),
+    summary = dict(stage=cfg.stage, steps=len(losses), seconds=round(seconds, 1), losses=losses, config=asdict(cfg),
                    hardware=hardware(), torch_threads=torch.get_num_threads())   # seconds: all runs of this stage, resumptions included
-    with atomic_path(summary_path) as tmp: tmp.write_text(json.dumps(summary))
+    with atomic_path(Path(cfg.out_dir)/'summary.json') as tmp: tmp.write_text(json.dumps(summary))
     return model, losses
 
 def hardware() -> str:
@@ -413,8 +414,8 @@ def hardware() -> str:
     if torch.cuda.is_available(): return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
-def ship_toy_model(dest=None) -> Path:
-    "Copy the final toy VAE, base UNet and fine adapter into the package as fp16, with their training summaries."
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine') -> Path:
+    "Copy the final toy VAE, base UNet and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
     from vb_nb.sample import toy_model_dir
@@ -422,12 +423,13 @@ def ship_toy_model(dest=None) -> Path:
     for stage, part, cls in [('vae', 'vae', AutoencoderKL), ('base', 'unet', UNetMotionModel)]:
         m = cls.from_pretrained(_final('', stage))
         with atomic_folder(dest/part) as tmp: m.half().save_pretrained(tmp)
-    src = _final('', 'fine')
+    src = _final(toy_dir(fine_run)/'final', 'fine')
     with atomic_folder(dest/'adapter') as tmp:
         shutil.copyfile(src/'config.json', tmp/'config.json')
         w = load_file(str(src/'diffusion_pytorch_model.safetensors'))
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
-    logs = {s: json.loads((toy_dir(s)/'summary.json').read_text()) for s in ('vae', 'base', 'coarse', 'fine') if (toy_dir(s)/'summary.json').exists()}
+    runs = dict(vae='vae', base='base', coarse=coarse_run, fine=fine_run)   # coarse_run: the run fine_run started from
+    logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
