@@ -30,3 +30,12 @@ def test_bad_inputs_exit_with_a_message(tmp_path):
     r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball rolls', '--frames', '0', '--out', str(tmp_path/'x.mp4'))
     assert r.returncode == 2 and 'num_frames' in r.stderr
     assert not any(tmp_path.iterdir())                      # nothing half-written
+
+
+def test_no_adapter_makes_the_base_video_without_an_image(tmp_path):
+    r = cli('--prompt', 'a ball rolls', '--out', str(tmp_path/'x.mp4'))
+    assert r.returncode == 2 and '--image is required' in r.stderr
+    out = tmp_path/'base.gif'
+    r = cli('--no-adapter', '--prompt', 'a ball moves to the left', '--out', str(out), '--steps', '3', '--frames', '4')
+    assert r.returncode == 0, r.stderr
+    assert read_video(out).shape == (4, 64, 64, 3)

@@ -287,8 +287,8 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
 def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None) -> dict:
     "name -> (model source, generate options); model source None is the benchmark's model, 'base' its base alone, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
-         'base / text only': ('base', dict(image_guidance=0.0, injection=False)),
-         'base / appearance in text': ('base', dict(image_guidance=0.0, injection=False, text='description')),
+         'base / text only': ('base', dict(adapter=False)),
+         'base / appearance in text': ('base', dict(adapter=False, text='description')),
          'coarse only': (str(coarse) if coarse else None, dict(injection=False)),   # the stage-1 adapter if given, else the full one without injection
          'full': (None, {}),
          'no posenc': (None, dict(posenc=False)),
@@ -314,14 +314,6 @@ def folder_fingerprint(source) -> str|None:
         with open(f, 'rb') as fh:
             for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
     return h.hexdigest()[:12]
-
-def _base_only(model):
-    "A copy of the benchmark's model that samples as its base alone: its own frame attention and text K/V (the adapter's stay unused at image guidance 0)."
-    import copy
-    from vb_nb.sample import _pipeline
-    m = copy.deepcopy(_pipeline(model, None).model)
-    m.adapter.register_to_config(trained_stage='coarse')   # the sampler's text branches then take the base's attention, not the fine stage's
-    return m
 
 def _with_adapter(model, folder):
     "The benchmark's model with the adapter of `folder` loaded (a copy: the original keeps its adapter)."
@@ -405,7 +397,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
         if source == 'real': frames = real_clip(it['spec'], num_frames)
         else:
             if name not in pipes:
-                pipes[name] = _pipeline(model if source is None else _base_only(model) if source == 'base' else _with_adapter(model, source), None)
+                pipes[name] = _pipeline(model if source in (None, 'base') else _with_adapter(model, source), None)
             text = it[opts.get('text', 'prompt')]
             frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, steps=steps,
                               seed=sd, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames

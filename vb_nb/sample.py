@@ -85,39 +85,42 @@ class VideoBoothPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image, prompt: str, subject: str, num_frames: int = 8, height: int = 64, width: int = 64,
                  num_inference_steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, generator=None,
-                 injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None) -> np.ndarray:
-        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan)."
+                 injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None,
+                 adapter: bool = True) -> np.ndarray:
+        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone."
         from vb_nb.prompts import plan_embeddings
         m = self.model
         dev = next(m.unet.parameters()).device
         f = m.vae_scale_factor
         lat_shape = (1, m.unet.config.in_channels, num_frames, height // f, width // f)
         latents = torch.randn(lat_shape, generator=generator, device='cpu').to(dev) * self.scheduler.init_noise_sigma
-        img = torch.from_numpy(image)[None].permute(0, 3, 1, 2)
+        img = torch.from_numpy(image)[None].permute(0, 3, 1, 2) if adapter else None
         if plan is not None and plan.num_segments > 1:        # per-frame prompts: (frames, 77, width) conditions
             if plan.num_frames != num_frames: raise ValueError(f"the prompt plan has {plan.num_frames} frames, the video {num_frames}")
-            c_full = plan_embeddings(plan, lambda ps: m.encode_prompts(ps, [subject] * len(ps), img, splice=True)[0], blend)
+            c_full = plan_embeddings(plan, lambda ps: m.encode_prompts(ps, [subject] * len(ps), img, splice=True)[0], blend) if adapter else None
             c_text = plan_embeddings(plan, lambda ps: m.encode_prompts(ps, splice=False)[0], blend)
             c_none = m.uncond_embeds().expand(num_frames, -1, -1)
         else:
             prompt = plan.prompts[0] if plan is not None else prompt
-            c_full, _ = m.encode_prompts([prompt], [subject], img, splice=True)
+            c_full = m.encode_prompts([prompt], [subject], img, splice=True)[0] if adapter else None
             c_text, _ = m.encode_prompts([prompt], splice=False)
             c_none = m.uncond_embeds()
-        coarse = self.trained_stage == 'coarse'
-        x_img = m.image_latents(img, (height, width)) if injection and not coarse else None
+        coarse = self.trained_stage == 'coarse' or not adapter    # no adapter: the base's own attention, as a coarse-only adapter keeps it
+        x_img = m.image_latents(img, (height, width)) if adapter and injection and not coarse else None
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
         other = 'stock' if coarse else 'cross'           # attn1 of the branches without an injected image
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             x = self.scheduler.scale_model_input(latents, t)
-            if x_img is not None:
+            if not adapter: e_full = None
+            elif x_img is not None:
                 noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev))
                 e_full = m.predict_noise(x, t, c_full, spliced=True, noisy_image_latents=noisy_img, attn1='inject', posenc=posenc)
             else:
                 e_full = m.predict_noise(x, t, c_full, spliced=True, attn1=other, posenc=posenc)
             e_text, e_none = m.predict_noise(x.expand(2, -1, -1, -1, -1), t, torch.cat([c_text, c_none]), spliced=False, attn1=other, posenc=posenc).chunk(2)
-            eps = e_none + text_guidance * (e_text - e_none) + image_guidance * (e_full - e_text)
+            eps = e_none + text_guidance * (e_text - e_none)
+            if e_full is not None: eps = eps + image_guidance * (e_full - e_text)
             latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
             if callback is not None: callback(i + 1, len(self.scheduler.timesteps))
         return decode_frames(m.vae, latents)
@@ -188,13 +191,15 @@ def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, te
 
 def generate(image, prompt: str, subject: str|None = None, model=None, num_frames: int = 8, height: int = 64, width: int = 64,
              steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, seed: int = 0, injection: bool = True,
-             posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback=None) -> Video:
-    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another."
+             posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback=None,
+             adapter: bool = True) -> Video:
+    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image."
     from vb_nb.prompts import plan_prompts
     pipe = _pipeline(model, device)
     check_options(pipe, num_frames, height, width, steps, text_guidance, image_guidance, seed)
     subject = find_subject_word(prompt, subject)
-    img = load_image_prompt(image)
+    if image is None and adapter: raise ValueError("no image prompt: pass an image (path, PIL image or array), or adapter=False for the text-to-video base alone")
+    img = load_image_prompt(image) if adapter else None
     if isinstance(refine, str) and refine == 'auto': refine = 'director' if model is None else None
     plan = plan_prompts(prompt, subject, int(num_frames), refine=refine)
     if scheduler is not None:
@@ -202,7 +207,8 @@ def generate(image, prompt: str, subject: str|None = None, model=None, num_frame
         pipe = VideoBoothPipeline(pipe.model, scheduler)
     pipe.set_progress_bar_config(disable=not progress, desc='denoising', leave=False)
     g = seed_everything(seed)
-    frames = pipe(img, prompt, subject, num_frames, height, width, steps, float(text_guidance), float(image_guidance), g, injection, posenc, plan=plan, callback=callback)
+    frames = pipe(img, prompt, subject, num_frames, height, width, steps, float(text_guidance), float(image_guidance), g, injection, posenc, plan=plan,
+                  callback=callback, adapter=adapter)
     video = Video(frames, fps)
     video.plan = plan
     return video
@@ -235,7 +241,7 @@ def main(argv=None):
     "Command line: generate a video from an image prompt and a text prompt."
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_generate', description=main.__doc__)
-    ap.add_argument('--image', required=True, help=f"image file, or a bundled example: {', '.join(EXAMPLES)}")
+    ap.add_argument('--image', default=None, help=f"image file, or a bundled example: {', '.join(EXAMPLES)} (required unless --no-adapter)")
     ap.add_argument('--prompt', required=True, help='what happens; must contain the subject word')
     ap.add_argument('--subject', default=None, help='the subject word of the prompt (default: found from the keyword vocabulary)')
     ap.add_argument('--out', default=str(outputs_dir()/'video.mp4'), help='.mp4 or .gif to write')
@@ -245,13 +251,16 @@ def main(argv=None):
     ap.add_argument('--text-guidance', type=float, default=4.0); ap.add_argument('--image-guidance', type=float, default=2.0)
     ap.add_argument('--no-injection', action='store_true', help='coarse embeddings only: no image injection into attention')
     ap.add_argument('--no-posenc', action='store_true', help='switch the position encoding off')
+    ap.add_argument('--no-adapter', action='store_true', help='the text-to-video base alone: no image prompt, no VideoBooth weights')
     ap.add_argument('--refine', default='auto', help="prompt refinement: auto (the director for the toy model), none, director, MODEL@URL, or a model folder")
     ap.add_argument('--device', default=None)
     a = ap.parse_args(argv)
     if not a.out.lower().endswith(('.mp4', '.gif')): ap.error(f"--out must end in .mp4 or .gif, got {a.out!r}")
-    image = example_images().get(a.image, a.image)
+    if a.image is None and not a.no_adapter: ap.error("--image is required (or --no-adapter for the base model alone)")
+    image = example_images().get(a.image, a.image) if a.image is not None else None
     try:
         v = generate(image, a.prompt, a.subject, a.model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
-                     injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=a.device)
+                     injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=a.device,
+                     adapter=not a.no_adapter)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     print(f"wrote {v.save(a.out)} ({len(v)} frames, {v.frames.shape[2]}x{v.frames.shape[1]})")

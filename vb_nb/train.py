@@ -20,9 +20,10 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 # %% auto #0
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
-           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'drop_subject_modifiers',
-           'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss',
-           'save_final', 'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
+           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'text_separation',
+           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
+           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
+           'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -245,6 +246,23 @@ class TextToVideo(torch.nn.Module):
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
         return torch.nn.functional.mse_loss(pred, noise)
+
+# %% ../nbs/08_train.ipynb #txsfn001
+def text_separation(text_encoder, tokenizer) -> dict:
+    "Mean relative distance |E(a) - E(b)| / |E(a)| of the per-token states of toyworld prompts differing only in their 'motion', 'category' or 'background'."
+    from vb_nb.clip import encode_text
+    import vb_nb.toyworld as tw
+    cats, bgs = tw.CATEGORIES, [v[0] for v in tw.BACKGROUNDS.values()]
+    verb = lambda m: tw.MOTIONS[m].phrases[0]
+    pairs = {'motion': [(f'a {c} {verb(a)} {g}', f'a {c} {verb(b)} {g}') for c in cats for g in bgs for a, b in (('left', 'right'), ('up', 'down'))],
+             'category': [(f'a {c} {verb("left")} {g}', f'a {d} {verb("left")} {g}') for c, d in zip(cats, cats[1:] + cats[:1]) for g in bgs],
+             'background': [(f'a {c} {verb("left")} {g}', f'a {c} {verb("left")} {h}') for c in cats for g, h in zip(bgs, bgs[1:] + bgs[:1])]}
+    out = {}
+    with torch.no_grad():
+        for kind, ps in pairs.items():
+            a, b = (encode_text(text_encoder, tokenizer, list(x)) for x in zip(*ps))
+            out[kind] = ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).mean().item()
+    return out
 
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
