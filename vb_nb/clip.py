@@ -19,10 +19,11 @@ from .core import atomic_path
 
 # %% auto #0
 __all__ = ['CLIP_VOCAB_SIZE', 'CLIP_BOS_ID', 'CLIP_EOS_ID', 'CLIP_MAX_LENGTH', 'CLIP_NUM_MERGES', 'TOKENIZER_DIR', 'TOY_CLIP_DIR',
-           'clip_bpe_vocab', 'write_clip_tokenizer', 'find_clip_bpe', 'load_tokenizer', 'tokenize', 'toy_clip_config',
-           'load_clip_model', 'load_text_encoder', 'load_image_encoder', 'encode_text', 'clip_image_processor',
-           'clip_pixel_values', 'encode_image', 'toyworld_frames', 'train_toy_clip', 'clip_similarities',
-           'retrieval_ranks']
+           'TEXT_LAYERS_FILE', 'clip_bpe_vocab', 'write_clip_tokenizer', 'find_clip_bpe', 'load_tokenizer', 'tokenize',
+           'toy_clip_config', 'load_clip_model', 'load_text_encoder', 'load_image_encoder', 'encode_text',
+           'clip_image_processor', 'clip_pixel_values', 'encode_image', 'toyworld_frames', 'train_toy_clip',
+           'clip_similarities', 'retrieval_ranks', 'text_separation', 'text_layer_weights', 'toy_text_encoder',
+           'train_text_identity']
 
 # %% ../nbs/04_clip.ipynb #d37a194a
 CLIP_VOCAB_SIZE, CLIP_BOS_ID, CLIP_EOS_ID, CLIP_MAX_LENGTH = 49408, 49406, 49407, 77
@@ -280,3 +281,76 @@ def clip_similarities(model, tokenizer, images, texts) -> torch.Tensor:
 def retrieval_ranks(sims: torch.Tensor) -> torch.Tensor:
     "For each text i, the rank (0 = best) of image i among all images under `sims` (texts, images)."
     return (sims > sims.diagonal()[:, None]).sum(1)
+
+# %% ../nbs/04_clip.ipynb #kwfn0001
+def text_separation(text_encoder, tokenizer) -> dict:
+    "Mean relative distance |E(a) - E(b)| / |E(a)| of the per-token states of toyworld prompts differing only in their 'motion', 'category' or 'background'."
+    import vb_nb.toyworld as tw
+    cats, bgs = tw.CATEGORIES, [v[0] for v in tw.BACKGROUNDS.values()]
+    verb = lambda m: tw.MOTIONS[m].phrases[0]
+    pairs = {'motion': [(f'a {c} {verb(a)} {g}', f'a {c} {verb(b)} {g}') for c in cats for g in bgs for a, b in (('left', 'right'), ('up', 'down'))],
+             'category': [(f'a {c} {verb("left")} {g}', f'a {d} {verb("left")} {g}') for c, d in zip(cats, cats[1:] + cats[:1]) for g in bgs],
+             'background': [(f'a {c} {verb("left")} {g}', f'a {c} {verb("left")} {h}') for c in cats for g, h in zip(bgs, bgs[1:] + bgs[:1])]}
+    out = {}
+    with torch.no_grad():
+        for kind, ps in pairs.items():
+            a, b = (encode_text(text_encoder, tokenizer, list(x)) for x in zip(*ps))
+            out[kind] = ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).mean().item()
+    return out
+
+# %% ../nbs/04_clip.ipynb #kwfn0002
+TEXT_LAYERS_FILE = 'text_encoder_layers.safetensors'   # a toy text tower's retrained layers; a toy base keeps the ones it was trained with
+
+def text_layer_weights(text_encoder) -> dict:
+    "The weights of a CLIP text tower's layers: everything but its token and position tables."
+    return {n: w.detach().cpu().contiguous() for n, w in text_encoder.state_dict().items() if n.startswith(('encoder.', 'final_layer_norm.'))}
+
+def toy_text_encoder(layers=None, dtype=torch.float32) -> CLIPTextModel:
+    "The shipped toy CLIP's text tower, with its layers from the safetensors file `layers` (of `text_layer_weights`) if it exists."
+    from safetensors.torch import load_file
+    te = load_text_encoder(dtype=dtype)
+    if layers is not None and Path(layers).exists():
+        w, want = load_file(str(layers)), set(text_layer_weights(te))
+        if set(w) != want: raise ValueError(f"{layers} does not hold the toy text tower's layers: unexpected {sorted(set(w) - want)[:3]}, missing {sorted(want - set(w))[:3]}")
+        te.load_state_dict({**te.state_dict(), **{k: v.to(dtype) for k, v in w.items()}})
+    return te
+
+def train_text_identity(steps: int = 800, batch_size: int = 64, lr: float = 1e-3, identity_weight: float = 1.0, n_clips: int = 2000,
+                        seed: int = 0, out=None, progress: bool = True) -> dict:
+    "Fine-tune the toy CLIP's text layers with its contrastive loss plus a tied-decoder loss naming each state's own token; write them to `out`; return the log."
+    from tqdm.auto import tqdm
+    from safetensors.torch import save_file
+    from vb_nb.core import outputs_dir, seed_everything
+    from vb_nb.toyworld import make_caption
+    out = Path(out or outputs_dir()/'toy'/'text_layers'/TEXT_LAYERS_FILE)
+    seed_everything(seed)
+    tokenizer = load_tokenizer()
+    with _quiet_transformers(): clip = CLIPModel.from_pretrained(TOY_CLIP_DIR, torch_dtype=torch.float32)
+    text, table = clip.text_model, clip.text_model.embeddings.token_embedding.weight
+    decoder = torch.nn.Linear(table.shape[1], table.shape[1])
+    clip.requires_grad_(False).train()
+    for m in (text.encoder, text.final_layer_norm): m.requires_grad_(True)
+    params = [p for p in clip.parameters() if p.requires_grad] + list(decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    frames, specs, _ = toyworld_frames('train', n_clips, seed, progress=progress)
+    rng = np.random.default_rng(seed)
+    log = dict(steps=steps, batch_size=batch_size, lr=lr, identity_weight=identity_weight, n_clips=n_clips, seed=seed, clip=[], identity=[],
+               separation_before=text_separation(text, tokenizer))
+    bar = tqdm(range(steps), desc='text identity', disable=not progress)
+    for _ in bar:
+        idx, t = rng.integers(n_clips, size=batch_size), rng.integers(frames.shape[1], size=batch_size)
+        ids = tokenize(tokenizer, [make_caption(specs[i], rng) for i in idx])
+        res = clip(input_ids=ids, pixel_values=clip_pixel_values(frames[idx, t], frames.shape[2]), return_loss=True)
+        words = torch.cumsum(ids == CLIP_EOS_ID, 1) == 0; words[:, 0] = False          # the caption's own tokens
+        vocab = torch.unique(ids[words])          # each state names its token among the batch's words (not all 49408)
+        logits = decoder(res.text_model_output.last_hidden_state[words]) @ table[vocab].T
+        identity = torch.nn.functional.cross_entropy(logits, torch.searchsorted(vocab, ids[words]))
+        loss = res.loss + identity_weight * identity
+        opt.zero_grad(set_to_none=True); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        log['clip'].append(round(res.loss.item(), 4)); log['identity'].append(round(identity.item(), 4))
+        bar.set_postfix(clip=f'{res.loss.item():.3f}', identity=f'{identity.item():.3f}')
+    text.eval(); log['separation_after'] = text_separation(text, tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp: save_file(text_layer_weights(text), str(tmp))
+    with atomic_path(out.with_suffix('.json')) as tmp: tmp.write_text(json.dumps(log))
+    return log

@@ -101,7 +101,8 @@ def load_unet(path_or_id, motion_adapter=None, dtype=torch.float32) -> UNetMotio
     with _quiet_diffusers(): return UNetMotionModel.from_unet2d(unet2d, adapter).to(dtype)
 
 # %% ../nbs/07_model.ipynb #ed27b90d
-from .clip import (encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config)
+from .clip import (TEXT_LAYERS_FILE, encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config,
+                        toy_text_encoder)
 from .splice import SPLICE_MODES, ImageMapper, encode_prompt_with_image, install_spliced_text_kv
 from .attention import InjectionContext, image_injection, install_cross_frame_attention
 from diffusers import ModelMixin, ConfigMixin
@@ -188,10 +189,10 @@ class VideoBooth(nn.Module):
 
     @classmethod
     def from_toy_parts(cls, vae, unet, adapter=None, dtype=torch.float32, **options) -> 'VideoBooth':
-        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP."
+        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP, with the text layers the base kept if any."
         with _quiet_diffusers():
             model = cls(UNetMotionModel.from_pretrained(unet, torch_dtype=dtype), AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
-                        load_text_encoder(dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype), **options)
+                        toy_text_encoder(Path(unet)/TEXT_LAYERS_FILE, dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype), **options)
         return model.load_adapter(adapter) if adapter is not None else model
 
     @classmethod

@@ -20,10 +20,9 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 # %% auto #0
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
-           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'text_separation',
-           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
-           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
-           'ship_toy_model', 'main']
+           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'drop_subject_modifiers',
+           'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss',
+           'save_final', 'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -247,23 +246,6 @@ class TextToVideo(torch.nn.Module):
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
         return torch.nn.functional.mse_loss(pred, noise)
 
-# %% ../nbs/08_train.ipynb #txsfn001
-def text_separation(text_encoder, tokenizer) -> dict:
-    "Mean relative distance |E(a) - E(b)| / |E(a)| of the per-token states of toyworld prompts differing only in their 'motion', 'category' or 'background'."
-    from vb_nb.clip import encode_text
-    import vb_nb.toyworld as tw
-    cats, bgs = tw.CATEGORIES, [v[0] for v in tw.BACKGROUNDS.values()]
-    verb = lambda m: tw.MOTIONS[m].phrases[0]
-    pairs = {'motion': [(f'a {c} {verb(a)} {g}', f'a {c} {verb(b)} {g}') for c in cats for g in bgs for a, b in (('left', 'right'), ('up', 'down'))],
-             'category': [(f'a {c} {verb("left")} {g}', f'a {d} {verb("left")} {g}') for c, d in zip(cats, cats[1:] + cats[:1]) for g in bgs],
-             'background': [(f'a {c} {verb("left")} {g}', f'a {c} {verb("left")} {h}') for c in cats for g, h in zip(bgs, bgs[1:] + bgs[:1])]}
-    out = {}
-    with torch.no_grad():
-        for kind, ps in pairs.items():
-            a, b = (encode_text(text_encoder, tokenizer, list(x)) for x in zip(*ps))
-            out[kind] = ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).mean().item()
-    return out
-
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
 
@@ -320,7 +302,8 @@ class StageInputs:
     "Where a stage finds the parts earlier stages made (empty: the toy defaults under outputs/toy)."
     data: str = ''             # a built dataset folder (manifest.csv); default: toyworld, built if missing
     vae: str = ''              # toy VAE folder; default outputs/toy/vae/final
-    unet: str = ''             # toy base UNet folder; default outputs/toy/base/final
+    unet: str = ''             # toy base UNet folder (the base stage goes on training it if given); default outputs/toy/base/final
+    text_layers: str = ''      # base: the toy text tower's layers to train with (clip notebook); default the --unet's own, else the toy CLIP's
     adapter: str = ''          # adapter to start from (fine stage); default outputs/toy/coarse/final
     base: str = ''             # real scale: SD-1.5-style folder or hub id (unet/ vae/ text_encoder/ tokenizer/)
     motion_adapter: str = ''   # real scale: AnimateDiff motion adapter folder or hub id
@@ -338,9 +321,9 @@ def _final(path, stage):
 
 def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True):
     "The module whose trainable parameters the stage trains (everything else frozen); splice_mode and posenc as in TrainConfig."
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, UNetMotionModel
     from vb_nb.model import VideoBooth, build_unet, build_vae
-    from vb_nb.clip import load_text_encoder, load_tokenizer
+    from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
     if stage == 'vae': return build_vae().train()
     if inputs.base:
         if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
@@ -350,7 +333,12 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
     else:
         if stage == 'base':
             vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
-            return TextToVideo(build_unet('tiny'), vae, load_text_encoder(), load_tokenizer()).train()
+            start = _final(inputs.unet, 'base') if inputs.unet else None          # a given UNet: go on training it
+            if inputs.text_layers and not Path(inputs.text_layers).is_file():
+                raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
+            layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
+            unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
+            return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer()).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
                                           _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
@@ -370,7 +358,10 @@ def save_final(stage: str, model, folder) -> Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         if stage == 'vae': model.save_pretrained(tmp)
-        elif stage == 'base': model.unet.save_pretrained(tmp)
+        elif stage == 'base':
+            from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
+            model.unet.save_pretrained(tmp)
+            save_file(text_layer_weights(model.text_encoder), str(tmp/TEXT_LAYERS_FILE))   # the text layers the UNet was trained with go with it
         else: model.adapter.save_pretrained(tmp)
     return folder
 
@@ -432,21 +423,23 @@ def hardware() -> str:
     if torch.cuda.is_available(): return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
-def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine') -> Path:
-    "Copy the final toy VAE, base UNet and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base') -> Path:
+    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
+    from vb_nb.clip import TEXT_LAYERS_FILE
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
-    for stage, part, cls in [('vae', 'vae', AutoencoderKL), ('base', 'unet', UNetMotionModel)]:
-        m = cls.from_pretrained(_final('', stage))
-        with atomic_folder(dest/part) as tmp: m.half().save_pretrained(tmp)
+    for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
+        with atomic_folder(dest/part) as tmp:
+            cls.from_pretrained(src).half().save_pretrained(tmp)
+            if (src/TEXT_LAYERS_FILE).exists(): save_file({k: v.half() for k, v in load_file(str(src/TEXT_LAYERS_FILE)).items()}, str(tmp/TEXT_LAYERS_FILE))
     src = _final(toy_dir(fine_run)/'final', 'fine')
     with atomic_folder(dest/'adapter') as tmp:
         shutil.copyfile(src/'config.json', tmp/'config.json')
         w = load_file(str(src/'diffusion_pytorch_model.safetensors'))
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
-    runs = dict(vae='vae', base='base', coarse=coarse_run, fine=fine_run)   # coarse_run: the run fine_run started from
+    runs = dict(vae='vae', base=base_run, coarse=coarse_run, fine=fine_run)   # coarse_run: the run fine_run started from
     logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
@@ -472,7 +465,7 @@ def main(argv=None):
               'splice_mode', 'posenc', 'sample_steps'):
         typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
-    for f in ('data', 'vae', 'unet', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
+    for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
     ap.add_argument('--n-clips', type=int, default=StageInputs.n_clips, help='toyworld clips to generate when --data is not given')
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
