@@ -105,11 +105,11 @@ class VideoBoothPipeline(DiffusionPipeline):
             c_full = m.encode_prompts([prompt], [subject], img, splice=True)[0] if adapter else None
             c_text, _ = m.encode_prompts([prompt], splice=False)
             c_none = m.uncond_embeds()
-        coarse = self.trained_stage == 'coarse' or not adapter    # no adapter: the base's own attention, as a coarse-only adapter keeps it
-        x_img = m.image_latents(img, (height, width)) if adapter and injection and not coarse else None
+        stock = self.trained_stage == 'coarse' or not adapter     # the base's own frame attention: a coarse-only adapter keeps it, as does the base alone
+        x_img = m.image_latents(img, (height, width)) if adapter and injection and not stock else None
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
-        other = 'stock' if coarse else 'cross'           # attn1 of the branches without an injected image
+        other = 'stock' if stock else 'cross'            # attn1 of the branches without an injected image
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             x = self.scheduler.scale_model_input(latents, t)
             if not adapter: e_full = None
