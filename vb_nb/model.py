@@ -12,8 +12,9 @@ from torch import nn
 from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 # %% auto #0
-__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'STAGES', 'build_unet', 'build_vae', 'sd_noise_scheduler',
-           'load_unet', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth', 'write_tiny_pretrained']
+__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'STAGES', 'build_unet', 'build_vae',
+           'sd_noise_scheduler', 'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet', 'VideoBoothAdapter',
+           'images_to_unit', 'VideoBooth', 'write_tiny_pretrained']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -53,6 +54,17 @@ def build_vae(seed: int|None = 0, init_logvar: float = -6.0, **overrides) -> Aut
 def sd_noise_scheduler() -> DDPMScheduler:
     "Stable Diffusion's training noise schedule (1000 steps, scaled-linear betas 0.00085..0.012, epsilon prediction)."
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', clip_sample=False)
+
+def zero_snr_noise_scheduler() -> DDPMScheduler:
+    "SD's betas rescaled to zero terminal SNR, with v-prediction and trailing timesteps (Lin et al. 2024): the last step is pure noise."
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', clip_sample=False,
+                         rescale_betas_zero_snr=True, prediction_type='v_prediction', timestep_spacing='trailing')
+
+NOISE_SCHEDULES = {'sd': sd_noise_scheduler, 'zero_snr': zero_snr_noise_scheduler}
+
+def saved_noise_scheduler(folder) -> DDPMScheduler:
+    "The noise schedule saved next to a toy base UNet (scheduler_config.json), else SD's (what bases trained before it was saved used)."
+    return DDPMScheduler.from_pretrained(folder) if (Path(folder)/'scheduler_config.json').is_file() else sd_noise_scheduler()
 
 # %% ../nbs/07_model.ipynb #fdac558e
 @contextlib.contextmanager
@@ -189,10 +201,11 @@ class VideoBooth(nn.Module):
 
     @classmethod
     def from_toy_parts(cls, vae, unet, adapter=None, dtype=torch.float32, **options) -> 'VideoBooth':
-        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP, with the text layers the base kept if any."
+        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP, with the text layers and noise schedule the base kept if any."
         with _quiet_diffusers():
             model = cls(UNetMotionModel.from_pretrained(unet, torch_dtype=dtype), AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
-                        toy_text_encoder(Path(unet)/TEXT_LAYERS_FILE, dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype), **options)
+                        toy_text_encoder(Path(unet)/TEXT_LAYERS_FILE, dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype),
+                        **{'noise_scheduler': saved_noise_scheduler(unet), **options})
         return model.load_adapter(adapter) if adapter is not None else model
 
     @classmethod

@@ -86,14 +86,16 @@ class VideoBoothPipeline(DiffusionPipeline):
     def __call__(self, image, prompt: str, subject: str, num_frames: int = 8, height: int = 64, width: int = 64,
                  num_inference_steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, generator=None,
                  injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None,
-                 adapter: bool = True) -> np.ndarray:
-        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone."
+                 adapter: bool = True, latents: torch.Tensor|None = None) -> np.ndarray:
+        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it."
         from vb_nb.prompts import plan_embeddings
         m = self.model
         dev = next(m.unet.parameters()).device
         f = m.vae_scale_factor
         lat_shape = (1, m.unet.config.in_channels, num_frames, height // f, width // f)
-        latents = torch.randn(lat_shape, generator=generator, device='cpu').to(dev) * self.scheduler.init_noise_sigma
+        if latents is None: latents = torch.randn(lat_shape, generator=generator, device='cpu')
+        elif tuple(latents.shape) != lat_shape: raise ValueError(f"latents must have shape {lat_shape} for {num_frames} frames of {height}x{width}, got {tuple(latents.shape)}")
+        latents = latents.to(dev, torch.float32) * self.scheduler.init_noise_sigma
         img = torch.from_numpy(image)[None].permute(0, 3, 1, 2) if adapter else None
         if plan is not None and plan.num_segments > 1:        # per-frame prompts: (frames, 77, width) conditions
             if plan.num_frames != num_frames: raise ValueError(f"the prompt plan has {plan.num_frames} frames, the video {num_frames}")

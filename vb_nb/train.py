@@ -20,9 +20,10 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 # %% auto #0
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
-           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'TextToVideo', 'drop_subject_modifiers',
-           'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'stage_loss',
-           'save_final', 'checkpoint_sampler', 'train_stage', 'hardware', 'ship_toy_model', 'main']
+           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
+           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
+           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
+           'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
@@ -53,6 +54,7 @@ class TrainConfig:
     splice_mode: str = 'output'       # coarse, joint: splice the image tokens at the text encoder's 'output' or 'input' (fine: as its adapter)
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
+    noise_schedule: str = ''          # base: 'zero_snr' or 'sd' (model.NOISE_SCHEDULES); '': a new UNet zero_snr, a given --unet its own. Others: the base's
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -61,6 +63,7 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.noise_schedule not in ('', 'sd', 'zero_snr'): raise ValueError(f"noise_schedule must be sd or zero_snr, got {self.noise_schedule!r}")
         if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
         for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
             if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
@@ -227,6 +230,13 @@ def diffusion_inputs(latents, scheduler):
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
     return noise, t, scheduler.add_noise(latents, noise, t)
 
+def diffusion_target(scheduler, latents, noise, t) -> torch.Tensor:
+    "What the UNet learns to predict under `scheduler`: the noise (epsilon) or the velocity (v_prediction)."
+    kind = scheduler.config.prediction_type
+    if kind == 'epsilon': return noise
+    if kind == 'v_prediction': return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r}: epsilon or v_prediction")
+
 class TextToVideo(torch.nn.Module):
     "The base model to train: a video UNet with the frozen VAE and text encoder around it."
     def __init__(self, unet, vae, text_encoder, tokenizer, noise_scheduler=None):
@@ -237,14 +247,14 @@ class TextToVideo(torch.nn.Module):
         for m in (vae, text_encoder): m.requires_grad_(False).eval()
 
     def forward(self, batch, text_dropout: float = 0.0) -> torch.Tensor:
-        "Epsilon-prediction MSE on a batch of clips and captions."
+        "Diffusion MSE (epsilon or v, as the noise scheduler predicts) on a batch of clips and captions."
         from vb_nb.clip import encode_text
         latents = video_latents(self.vae, batch['pixel_values'])
         noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler)
         prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
-        return torch.nn.functional.mse_loss(pred, noise)
+        return torch.nn.functional.mse_loss(pred, diffusion_target(self.noise_scheduler, latents, noise, t))
 
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
@@ -270,7 +280,7 @@ def draw_conditions(batch_size: int, text_dropout: float, image_dropout: float) 
 
 def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_dropout, image_dropout: float = TrainConfig.image_dropout,
                     mapper_reg: float = TrainConfig.mapper_reg, appearance_dropout: float = TrainConfig.appearance_dropout) -> torch.Tensor:
-    "Stage loss of a VideoBooth model on a batch (defaults: TrainConfig's): epsilon MSE over the three conditions plus the mapper regulariser."
+    "Stage loss of a VideoBooth model on a batch (defaults: TrainConfig's): diffusion MSE over the three conditions plus the mapper regulariser."
     if stage not in (1, 2, 'joint'): raise ValueError(f"stage must be 1, 2 or 'joint', got {stage!r}")
     latents = video_latents(model.vae, batch['pixel_values'])
     noise, t, noisy = diffusion_inputs(latents, model.noise_scheduler)
@@ -292,7 +302,7 @@ def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_
                 pred[rows] = model(noisy[rows], t[rows], sub(prompts), sub(batch['subject']), images[rows],
                                    splice=attn1 == 'inject', attn1=attn1)
     finally: hook.remove()
-    loss = torch.nn.functional.mse_loss(pred, noise)
+    loss = torch.nn.functional.mse_loss(pred, diffusion_target(model.noise_scheduler, latents, noise, t))
     if tokens and mapper_reg: loss = loss + mapper_reg * torch.cat([x.flatten() for x in tokens]).abs().mean()
     return loss
 
@@ -319,12 +329,14 @@ def _final(path, stage):
     if not p.exists(): raise FileNotFoundError(f"{p} does not exist: train the {stage!r} stage first (vb_nb_train --stage {stage}) or name the folder")
     return p
 
-def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True):
-    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode and posenc as in TrainConfig."
+def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = ''):
+    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc and noise_schedule as in TrainConfig."
     from diffusers import AutoencoderKL, UNetMotionModel
-    from vb_nb.model import VideoBooth, build_unet, build_vae
+    from vb_nb.model import VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, saved_noise_scheduler
     from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
     if stage == 'vae': return build_vae().train()
+    if stage != 'base' and (inputs.text_layers or noise_schedule):
+        raise ValueError(f"text layers and the noise schedule belong to the base: the {stage} stage takes them from the base's folder (drop --text-layers, --noise-schedule)")
     if inputs.base:
         if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
@@ -338,7 +350,8 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
                 raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
             layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
             unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
-            return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer()).train()
+            sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['zero_snr']()
+            return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
                                           _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
@@ -361,6 +374,7 @@ def save_final(stage: str, model, folder) -> Path:
         elif stage == 'base':
             from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
             model.unet.save_pretrained(tmp)
+            model.noise_scheduler.save_pretrained(tmp)      # scheduler_config.json: the schedule the UNet learned
             save_file(text_layer_weights(model.text_encoder), str(tmp/TEXT_LAYERS_FILE))   # the text layers the UNet was trained with go with it
         else: model.adapter.save_pretrained(tmp)
     return folder
@@ -380,7 +394,7 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10):
     def sample(step, checkpoint):
         if stage == 'base':
             device = next(model.unet.parameters()).device
-            vb = VideoBooth(copy.deepcopy(model.unet), model.vae, model.text_encoder, model.tokenizer, load_image_encoder()).to(device)
+            vb = VideoBooth(copy.deepcopy(model.unet), model.vae, model.text_encoder, model.tokenizer, load_image_encoder(), model.noise_scheduler).to(device)
             opts = dict(image_guidance=0.0, injection=False)
         else:
             vb, opts = model, {}
@@ -401,7 +415,7 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
-    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc)
+    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule)
     start = time.time()
     losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
                  on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
@@ -433,6 +447,7 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
         with atomic_folder(dest/part) as tmp:
             cls.from_pretrained(src).half().save_pretrained(tmp)
+            if (src/'scheduler_config.json').exists(): shutil.copyfile(src/'scheduler_config.json', tmp/'scheduler_config.json')
             if (src/TEXT_LAYERS_FILE).exists(): save_file({k: v.half() for k, v in load_file(str(src/TEXT_LAYERS_FILE)).items()}, str(tmp/TEXT_LAYERS_FILE))
     src = _final(toy_dir(fine_run)/'final', 'fine')
     with atomic_folder(dest/'adapter') as tmp:
@@ -462,7 +477,7 @@ def main(argv=None):
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
-              'splice_mode', 'posenc', 'sample_steps'):
+              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule'):
         typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
     for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
