@@ -64,7 +64,10 @@ def test_config_rejects_bad_values():
 
 
 def test_cli_rejects_bad_values_before_training(tmp_path, capsys):
-    for args in (['--posenc', 'maybe'], ['--splice-mode', 'middle'], ['--lr-schedule', 'linear']):
+    for args in (['--posenc', 'maybe'], ['--splice-mode', 'middle'], ['--lr-schedule', 'linear'], ['--noise-schedule', 'cosine']):
         with pytest.raises(SystemExit): main(['--stage', 'coarse', '--out', str(tmp_path)] + args)
         assert args[1] in capsys.readouterr().err
+    for args in (['--noise-schedule', 'sd'], ['--text-layers', str(tmp_path/'layers.safetensors')]):    # the base's, not an adapter stage's
+        with pytest.raises(SystemExit): main(['--stage', 'fine', '--out', str(tmp_path)] + args)
+        assert 'belong to the base' in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

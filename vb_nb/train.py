@@ -412,10 +412,10 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     "Train one stage end to end; return (model, losses)."
     from vb_nb.dataset import VideoPromptDataset
     inputs = inputs or StageInputs()
+    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule)   # first: its errors cost nothing
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
-    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule)
     start = time.time()
     losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
                  on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
