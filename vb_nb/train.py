@@ -54,7 +54,7 @@ class TrainConfig:
     splice_mode: str = 'output'       # coarse, joint: splice the image tokens at the text encoder's 'output' or 'input' (fine: as its adapter)
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
-    noise_schedule: str = ''          # base: 'zero_snr' or 'sd' (model.NOISE_SCHEDULES); '': a new UNet zero_snr, a given --unet its own. Others: the base's
+    noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -350,7 +350,7 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
                 raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
             layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
             unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
-            sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['zero_snr']()
+            sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['sd']()
             return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
                                           _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
