@@ -39,3 +39,13 @@ def test_no_adapter_makes_the_base_video_without_an_image(tmp_path):
     r = cli('--no-adapter', '--prompt', 'a ball moves to the left', '--out', str(out), '--steps', '3', '--frames', '4')
     assert r.returncode == 0, r.stderr
     assert read_video(out).shape == (4, 64, 64, 3)
+
+
+def test_steer_follows_the_prompt_or_says_why_not(tmp_path):
+    r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball spins over the sand', '--steer', '--out', str(tmp_path/'x.mp4'))
+    assert r.returncode == 2 and 'names none' in r.stderr and not any(tmp_path.iterdir())
+    plain, steered = tmp_path/'plain.mp4', tmp_path/'steered.mp4'
+    for out, extra in ((plain, ()), (steered, ('--steer',))):
+        r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball moves up over the sand', '--out', str(out), '--steps', '3', *extra)
+        assert r.returncode == 0, r.stderr
+    assert (read_video(plain) != read_video(steered)).any()     # the starting noise, and so the video, differ

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_sample.ipynb #2cf5203b
 from __future__ import annotations
-import functools, inspect, json, os
+import functools, inspect, json, os, re
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,9 @@ from .core import Video, default_device, seed_everything, outputs_dir
 from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
-__all__ = ['EXAMPLES', 'load_image_prompt', 'subject_vocab', 'find_subject_word', 'VideoBoothPipeline', 'decode_frames',
-           'toy_model_dir', 'is_toy_layout', 'load_model', 'check_options', 'generate', 'example_dir', 'render_example',
-           'example_images', 'main']
+__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'EXAMPLES', 'load_image_prompt', 'subject_vocab', 'find_subject_word',
+           'prompt_directions', 'path_noise', 'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout',
+           'load_model', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images', 'main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -70,6 +70,45 @@ def find_subject_word(prompt: str, subject: str|None = None) -> str:
     if m is None: raise SubjectNotFoundError(f"no known subject word in the prompt {prompt!r}: name it with subject='...' (a word of the prompt)")
     return m.word
 
+# %% ../nbs/09_sample.ipynb #steer002
+STEER_DIRECTIONS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0)}   # (rows, columns) per step: image rows grow downwards
+
+DIRECTION_PHRASES = {'left': ('left', 'leftwards', 'leftward'), 'right': ('right', 'rightwards', 'rightward'),
+                     'up': ('up', 'upward', 'upwards', 'rises', 'rising', 'climbs', 'climbing'),
+                     'down': ('down', 'downward', 'downwards', 'sinks', 'sinking', 'falls', 'falling', 'drops', 'dropping')}
+
+def prompt_directions(prompt: str) -> list[str]:
+    "The straight motions (left, right, up, down) the prompt names, in order (DIRECTION_PHRASES and toyworld's phrases; repeats merged)."
+    from vb_nb.toyworld import MOTIONS
+    hits = {}
+    for name in STEER_DIRECTIONS:
+        for phrase in (*DIRECTION_PHRASES[name], *MOTIONS[name].phrases, *MOTIONS[name].gerunds):
+            for m in re.finditer(rf'\b{re.escape(phrase)}\b', prompt, re.IGNORECASE): hits.setdefault(m.end(), name)
+    found = [hits[k] for k in sorted(hits)]
+    return [d for i, d in enumerate(found) if i == 0 or d != found[i - 1]]   # 'falls down' is one motion
+
+def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.75, generator=None) -> torch.Tensor:
+    "Starting noise (1, C, F, h, w): a window moving `px_per_frame` latent pixels per frame along `directions` (equal shares of the frames), own noise per frame elsewhere."
+    from vb_nb.toyworld import motion_segments
+    if len(shape) != 5: raise ValueError(f"shape must be (batch, channels, frames, height, width), got {tuple(shape)}")
+    directions = [directions] if isinstance(directions, str) else list(directions)
+    if not directions or any(d not in STEER_DIRECTIONS for d in directions):
+        raise ValueError(f"path_noise steers along {', '.join(STEER_DIRECTIONS)}; got {directions!r}")
+    if not 0 < window <= 1: raise ValueError(f"window is a fraction of each side in (0, 1], got {window!r}")
+    _, _, f, h, w = shape
+    noise = torch.randn(tuple(shape), generator=generator)
+    field = torch.randn((*shape[:2], h, w), generator=generator)
+    step = np.zeros((f, 2))
+    for name, a, b in motion_segments(directions, f): step[max(a, 1):b] = STEER_DIRECTIONS[name]
+    offset = (step.cumsum(0) * px_per_frame).round().astype(int)                 # (f, 2): the window's shift from frame 0
+    wh, ww = max(1, round(window * h)), max(1, round(window * w))
+    top = np.floor(np.array([(h - wh) / 2, (w - ww) / 2]) - (offset.min(0) + offset.max(0)) / 2 + 0.5).astype(int)   # centres the whole path
+    for t, (dy, dx) in enumerate(offset):
+        y0, x0 = top[0] + dy, top[1] + dx
+        ys, xs = slice(max(y0, 0), min(y0 + wh, h)), slice(max(x0, 0), min(x0 + ww, w))
+        noise[:, :, t, ys, xs] = field.roll((int(dy), int(dx)), (2, 3))[:, :, ys, xs]
+    return noise
+
 # %% ../nbs/09_sample.ipynb #b84125df
 class VideoBoothPipeline(DiffusionPipeline):
     "Text + image prompt to video with a VideoBooth model and any diffusers scheduler."
@@ -86,13 +125,18 @@ class VideoBoothPipeline(DiffusionPipeline):
     def __call__(self, image, prompt: str, subject: str, num_frames: int = 8, height: int = 64, width: int = 64,
                  num_inference_steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, generator=None,
                  injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None,
-                 adapter: bool = True, latents: torch.Tensor|None = None) -> np.ndarray:
-        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it."
+                 adapter: bool = True, latents: torch.Tensor|None = None, steer: bool = False) -> np.ndarray:
+        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it; steer: start from `path_noise` along the prompt's directions."
         from vb_nb.prompts import plan_embeddings
         m = self.model
         dev = next(m.unet.parameters()).device
         f = m.vae_scale_factor
         lat_shape = (1, m.unet.config.in_channels, num_frames, height // f, width // f)
+        if steer:
+            if latents is not None: raise ValueError("give latents or steer=True, not both: steering draws the starting noise")
+            directions = prompt_directions(prompt)
+            if not directions: raise ValueError(f"steer=True needs a prompt that names a straight motion ({', '.join(STEER_DIRECTIONS)}); {prompt!r} names none")
+            latents = path_noise(lat_shape, directions, generator=generator)
         if latents is None: latents = torch.randn(lat_shape, generator=generator, device='cpu')
         elif tuple(latents.shape) != lat_shape: raise ValueError(f"latents must have shape {lat_shape} for {num_frames} frames of {height}x{width}, got {tuple(latents.shape)}")
         latents = latents.to(dev, torch.float32) * self.scheduler.init_noise_sigma
@@ -194,8 +238,8 @@ def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, te
 def generate(image, prompt: str, subject: str|None = None, model=None, num_frames: int = 8, height: int = 64, width: int = 64,
              steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, seed: int = 0, injection: bool = True,
              posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback=None,
-             adapter: bool = True) -> Video:
-    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image."
+             adapter: bool = True, steer: bool = False) -> Video:
+    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise)."
     from vb_nb.prompts import plan_prompts
     pipe = _pipeline(model, device)
     check_options(pipe, num_frames, height, width, steps, text_guidance, image_guidance, seed)
@@ -210,7 +254,7 @@ def generate(image, prompt: str, subject: str|None = None, model=None, num_frame
     pipe.set_progress_bar_config(disable=not progress, desc='denoising', leave=False)
     g = seed_everything(seed)
     frames = pipe(img, prompt, subject, num_frames, height, width, steps, float(text_guidance), float(image_guidance), g, injection, posenc, plan=plan,
-                  callback=callback, adapter=adapter)
+                  callback=callback, adapter=adapter, steer=steer)
     video = Video(frames, fps)
     video.plan = plan
     return video
@@ -254,6 +298,7 @@ def main(argv=None):
     ap.add_argument('--no-injection', action='store_true', help='coarse embeddings only: no image injection into attention')
     ap.add_argument('--no-posenc', action='store_true', help='switch the position encoding off')
     ap.add_argument('--no-adapter', action='store_true', help='the text-to-video base alone: no image prompt, no VideoBooth weights')
+    ap.add_argument('--steer', action='store_true', help='steer the subject along the directions the prompt names, through the starting noise')
     ap.add_argument('--refine', default='auto', help="prompt refinement: auto (the director for the toy model), none, director, MODEL@URL, or a model folder")
     ap.add_argument('--device', default=None)
     a = ap.parse_args(argv)
@@ -263,6 +308,6 @@ def main(argv=None):
     try:
         v = generate(image, a.prompt, a.subject, a.model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
                      injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=a.device,
-                     adapter=not a.no_adapter)
+                     adapter=not a.no_adapter, steer=a.steer)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     print(f"wrote {v.save(a.out)} ({len(v)} frames, {v.frames.shape[2]}x{v.frames.shape[1]})")
