@@ -113,7 +113,7 @@ def cache_frozen(base, clips, captions, chunk: int = 256):
     device, s = next(base.unet.parameters()).device, base.vae.config.scaling_factor
     means, stds = [], []
     for i in tqdm(range(0, len(captions), chunk), desc='caching VAE posteriors'):
-        x = torch.from_numpy(np.ascontiguousarray(clips[i:i + chunk])).to(device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        x = torch.from_numpy(np.array(clips[i:i + chunk])).to(device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         post = base.vae.encode(x.flatten(0, 1)).latent_dist
         to_video = lambda z: (z * s).unflatten(0, x.shape[:2]).transpose(1, 2).half()
         means.append(to_video(post.mean)); stds.append(to_video(post.std))
@@ -152,7 +152,7 @@ def main(argv=None):
         model = CachedBase(base, *cache_frozen(base, clips, captions), text_dropout=cfg.text_dropout)
         loss_fn, batch_fn = (lambda m, idx: m(idx)), (lambda micro: torch.randint(len(captions), (a.batch,), device=DEVICE))
     else:
-        frames = torch.from_numpy(np.ascontiguousarray(clips)).to(DEVICE)
+        frames = torch.from_numpy(np.array(clips)).to(DEVICE)   # a copy: the rendered clips are a read-only memory map
         def batch_fn(micro):
             idx = torch.randint(len(captions), (a.batch,))
             return dict(pixel_values=frames[idx.to(DEVICE)].permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx.tolist()])

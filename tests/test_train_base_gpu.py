@@ -1,4 +1,4 @@
-"benchmarks/train_base_gpu.py: its cached step is TextToVideo's step, and a short run writes a base the sampler loads."
+"benchmarks/train_base_gpu.py: its cached step is TextToVideo's step, and a short run writes a base and resumes."
 import importlib.util, json, sys
 from pathlib import Path
 import pytest, torch
@@ -32,13 +32,13 @@ def test_cached_step_is_the_base_step(script):
 
 def test_short_run_writes_a_base_and_resumes(script, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('VB_NB_OUTPUTS', str(tmp_path))
-    args = ['--name', 'b', '--clips', '4', '--steps', '2', '--batch', '2', '--warmup', '1', '--checkpoint-every', '1', '--cache', '--probe-clips', '1']
-    script.main(args)
+    args = ['--name', 'b', '--clips', '4', '--steps', '2', '--batch', '2', '--warmup', '1', '--checkpoint-every', '1', '--probe-clips', '1']
+    script.main(args)                            # the library's step on the rendered frames
     out = capsys.readouterr().out
     assert 'b: 2 steps' in out and 'word probe' in out
     final = tmp_path/'toy'/'b'/'final'
     assert (final/'diffusion_pytorch_model.safetensors').exists() and (final/'text_encoder_layers.safetensors').exists()
     assert len(json.loads((tmp_path/'toy'/'b'/'summary.json').read_text())['losses']) == 2
-    script.main(args[:5] + ['3'] + args[6:])     # --steps 3: goes on from the last checkpoint
+    script.main(args[:5] + ['3'] + args[6:] + ['--cache'])     # --steps 3 with the cached step: goes on from the last checkpoint
     assert 'resuming from' in capsys.readouterr().out
     with pytest.raises(SystemExit): script.main(['--steps', '2'])
