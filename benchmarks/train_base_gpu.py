@@ -29,6 +29,7 @@ the share of the 64 videos whose tracked subject goes the way its prompt says (c
 """
 from __future__ import annotations
 import argparse, json, os, time
+from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np
@@ -136,6 +137,7 @@ def main(argv=None):
     ap.add_argument('--probe-clips', type=int, default=16, help='held-out seeds of the word probe (four videos each)')
     a = ap.parse_args(argv)
     if a.probe:
+        if not (Path(a.probe)/'config.json').is_file(): ap.error(f"--probe {a.probe!r} is not a base UNet folder (no config.json in it)")
         t = time.time(); share, n = word_probe(a.probe, a.probe_clips)
         print(f"word probe {a.probe}: follows the word in {share:.2f} of {n} videos ({time.time() - t:.0f} s)"); return
     if not a.name: ap.error('--name is required to train (or give --probe)')

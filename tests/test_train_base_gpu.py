@@ -42,3 +42,5 @@ def test_short_run_writes_a_base_and_resumes(script, tmp_path, monkeypatch, caps
     script.main(args[:5] + ['3'] + args[6:] + ['--cache'])     # --steps 3 with the cached step: goes on from the last checkpoint
     assert 'resuming from' in capsys.readouterr().out
     with pytest.raises(SystemExit): script.main(['--steps', '2'])
+    with pytest.raises(SystemExit): script.main(['--probe', str(tmp_path/'nowhere')])
+    assert 'not a base UNet folder' in capsys.readouterr().err
