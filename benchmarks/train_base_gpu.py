@@ -24,8 +24,8 @@ three runs of a phase shared the GPU, at 0.5 s a step without the cache and 0.2-
   python benchmarks/train_base_gpu.py --probe outputs/toy/base_gpu_zsnr/final      # the word probe alone
 
 All at batch 128 on 32,000 clips. A run checkpoints as `fit` does and resumes when started again with the same --name.
-The word probe: 16 held-out clips' seeds, each under the four straight-motion prompts ("a red star slides left", ...);
-the share of the 64 videos whose tracked subject goes the way its prompt says (chance: 0.25).
+The word probe is the evaluation notebook's `word_following`: 16 held-out seeds, each under the four straight-motion
+prompts, the base alone; the share of the 64 videos whose subject goes the way its prompt says (chance: 0.25).
 """
 from __future__ import annotations
 import argparse, json, os, time
@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-STRAIGHT = ('left', 'right', 'up', 'down')
 
 
 def _render(span):
@@ -67,23 +66,13 @@ def rendered_clips(n: int, root) -> tuple[np.ndarray, list]:
     return np.load(npy, mmap_mode='r'), json.loads(js.read_text())
 
 
-def word_probe(unet_folder, n_specs: int = 16, steps: int = 25) -> tuple[float, int]:
-    "How often the base alone draws the motion its prompt names: held-out seeds under each straight-motion prompt; (share, videos)."
+def word_probe(unet_folder, n_seeds: int = 16) -> tuple[float, int]:
+    "vb_nb.eval.word_following of a base UNet folder around the shipped VAE: (share, videos)."
     from vb_nb.model import VideoBooth
-    from vb_nb.sample import _pipeline, toy_model_dir
-    from vb_nb.eval import track_subject, motion_accuracy
-    from vb_nb.toyworld import random_spec, MOTIONS
+    from vb_nb.sample import toy_model_dir
+    from vb_nb.eval import word_following
     model = VideoBooth.from_toy_parts(toy_model_dir()/'vae', unet_folder).eval().to(DEVICE)
-    pipe = _pipeline(model, None); pipe.set_progress_bar_config(disable=True)
-    specs = [s for s in (random_spec(7, 'heldout', j)[0] for j in range(400)) if len(s.motions) == 1][:n_specs]
-    scores = []
-    for i, s in enumerate(specs):
-        noise = torch.randn((1, 4, 8, 16, 16), generator=torch.Generator().manual_seed(i)).to(DEVICE)
-        for m in STRAIGHT:
-            frames = pipe(None, f"a {s.colour} {s.category} {MOTIONS[m].phrases[0]}", s.category, latents=noise.clone(),
-                          adapter=False, num_inference_steps=steps)
-            scores.append(motion_accuracy(track_subject(frames), m) or 0.0)
-    return float(np.mean(scores)), len(scores)
+    return word_following(model, n_seeds), 4 * n_seeds
 
 
 class CachedBase(torch.nn.Module):

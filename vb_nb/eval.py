@@ -21,7 +21,7 @@ __all__ = ['COLOUR_HUES', 'SCORED_MOTIONS', 'BENCHMARK_METRICS', 'CLIPFeatures',
            'subject_pixels', 'subject_colour', 'track_subject', 'category_accuracy', 'appearance_accuracy',
            'tint_fraction', 'pattern_accuracy', 'segment_correct', 'motion_accuracy', 'real_clip', 'toy_measurements',
            'benchmark_prompt', 'benchmark_prompts', 'default_systems', 'folder_fingerprint', 'measure_video',
-           'results_markdown', 'run_benchmark', 'main']
+           'results_markdown', 'run_benchmark', 'main', 'word_following']
 
 # %% ../nbs/10_eval.ipynb #82cd8dac
 def _features(out) -> torch.Tensor:
@@ -445,3 +445,21 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     out = Path(a.out or outputs_dir()/'benchmark')
     print(results_markdown(res)); print(f"wrote {out/'results.json'} and {out/'results.md'}")
+
+# %% ../nbs/10_eval.ipynb #wordfn01
+def word_following(model=None, n_seeds: int = 16, steps: int = 25, device=None) -> float:
+    "Share of videos, the base alone from held-out seeds under each straight-motion prompt, whose subject goes the way the prompt says."
+    from vb_nb.sample import _pipeline, STEER_DIRECTIONS
+    if n_seeds < 1: raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    pipe = _pipeline(model, device); pipe.set_progress_bar_config(disable=True)
+    m = pipe.model
+    specs = [s for s in (tw.random_spec(7, 'heldout', j)[0] for j in range(40 * n_seeds)) if len(s.motions) == 1][:n_seeds]
+    shape = (1, m.unet.config.in_channels, 8, 64 // m.vae_scale_factor, 64 // m.vae_scale_factor)   # the pipeline's default video: 8 frames of 64 px
+    scores = []
+    for i, s in enumerate(specs):
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(i))
+        for motion in STEER_DIRECTIONS:
+            frames = pipe(None, f"a {s.colour} {s.category} {tw.MOTIONS[motion].phrases[0]}", s.category, latents=noise.clone(),
+                          adapter=False, num_inference_steps=steps)
+            scores.append(motion_accuracy(track_subject(frames), motion) or 0.0)
+    return float(np.mean(scores))
