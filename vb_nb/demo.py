@@ -33,6 +33,8 @@ class Demo:
         self.image_guidance = W.FloatSlider(value=2.0, min=0, max=12, step=0.5, description='image guid.')
         self.frames = W.IntSlider(value=8, min=1, max=max_frames, description='frames')
         self.seed = W.IntText(value=0, description='seed')
+        self.steer = W.Checkbox(value=False, description='steer the path', indent=False,
+                                tooltip='move a window of the starting noise the way the prompt says (left, right, up, down)')
         self.button = W.Button(description='Generate', button_style='primary', icon='play')
         self.progress = W.IntProgress(value=0, min=0, max=1, description='progress')
         self.status = W.HTML()
@@ -44,7 +46,7 @@ class Demo:
         self.button.on_click(self.on_generate)
         self.show_prompt()
         controls = W.VBox([W.HBox([self.example, self.upload]), self.prompt, self.subject, self.steps, self.text_guidance,
-                           self.image_guidance, self.frames, self.seed, W.HBox([self.button, self.progress]), self.status])
+                           self.image_guidance, self.frames, self.seed, self.steer, W.HBox([self.button, self.progress]), self.status])
         self.ui = W.HBox([W.VBox([self.preview]), controls, W.VBox([self.video, self.download])])
 
     def image(self):
@@ -76,7 +78,7 @@ class Demo:
         try:
             v = generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
                          steps=self.steps.value, text_guidance=self.text_guidance.value, image_guidance=self.image_guidance.value,
-                         seed=self.seed.value, progress=False, callback=self.on_progress)
+                         seed=self.seed.value, steer=self.steer.value, progress=False, callback=self.on_progress)
             self.last = v
             self.video.value = v._repr_html_(width=256)
             b64 = base64.b64encode(gif_bytes(v.frames, v.fps)).decode()
