@@ -21,8 +21,8 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
            'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
-           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
-           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
+           'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
+           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
            'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
@@ -255,6 +255,29 @@ class TextToVideo(torch.nn.Module):
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
         return torch.nn.functional.mse_loss(pred, diffusion_target(self.noise_scheduler, latents, noise, t))
+
+# %% ../nbs/08_train.ipynb #wgfn0001
+def swap_words(text: str, a: str, b: str) -> str:
+    "`text` with every whole word `a` made `b` and every `b` made `a`."
+    return re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, text)
+
+@torch.no_grad()
+def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 900, 700, 500, 300), seed: int = 0) -> dict:
+    "A base's (TextToVideo's) diffusion loss on clean video `latents` under `captions`, per timestep: the same noise whatever the captions."
+    from vb_nb.clip import encode_text
+    n_train = base.noise_scheduler.config.num_train_timesteps
+    if len(captions) != len(latents): raise ValueError(f"{len(captions)} captions for {len(latents)} clips")
+    if not torch.isfinite(latents).all(): raise ValueError("the latents contain NaN or infinite values")
+    if not all(0 <= t < n_train for t in timesteps): raise ValueError(f"timesteps must lie in [0, {n_train}), got {list(timesteps)}")
+    text = encode_text(base.text_encoder, base.tokenizer, list(captions)).to(latents).repeat_interleave(latents.shape[2], 0)
+    losses = {}
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + t)).to(latents)
+        tt = torch.full((len(latents),), t, device=latents.device)
+        pred = base.unet(base.noise_scheduler.add_noise(latents, noise, tt), tt, text).sample
+        losses[t] = torch.nn.functional.mse_loss(pred, diffusion_target(base.noise_scheduler, latents, noise, tt)).item()
+    return losses
+
 
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
