@@ -21,8 +21,9 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
            'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
-           'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
-           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
+           'swap_words', 'caption_loss', 'MotionTextContext', 'MotionTextAttnProcessor', 'add_text_to_motion_modules',
+           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
+           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
            'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
@@ -278,6 +279,63 @@ def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 90
         losses[t] = torch.nn.functional.mse_loss(pred, diffusion_target(base.noise_scheduler, latents, noise, tt)).item()
     return losses
 
+
+# %% ../nbs/08_train.ipynb #tmfn0001
+class MotionTextContext:
+    "The text and latent size of a UNet's current call, noted by its forward pre-hook for the motion modules' text attention."
+    def __init__(self): self.text = self.batch = self.latent_size = None
+    def __call__(self, module, args, kwargs):
+        sample = args[0] if args else kwargs['sample']
+        self.text = args[2] if len(args) > 2 else kwargs.get('encoder_hidden_states')
+        self.batch, self.latent_size = sample.shape[0], tuple(sample.shape[-2:])
+
+class MotionTextAttnProcessor(torch.nn.Module):
+    "A motion module's temporal attention plus a cross-attention, zero at the start, from each frame's tokens to that frame's text."
+    def __init__(self, attn, text_dim: int, ctx: MotionTextContext, position_code: bool = True):
+        super().__init__()
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        inner, dim = attn.to_q.out_features, attn.to_q.in_features
+        self.ctx, self.heads, self.position_code = ctx, attn.heads, position_code
+        self.to_q = torch.nn.Linear(dim, inner, bias=False).to(attn.to_q.weight)
+        self.to_q.weight.data.copy_(attn.to_q.weight)
+        self.to_k, self.to_v = (torch.nn.Linear(text_dim, inner, bias=False).to(attn.to_q.weight) for _ in range(2))
+        self.to_out = torch.nn.Linear(inner, dim).to(attn.to_q.weight)
+        torch.nn.init.zeros_(self.to_out.weight); torch.nn.init.zeros_(self.to_out.bias)
+        self._stock = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        from vb_nb.attention import level_grid
+        from vb_nb.posenc import spatial_encoding
+        out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        text = self.ctx.text
+        if text is None: raise RuntimeError("the text of this call is unknown: call the UNet itself, whose pre-hook notes it")
+        bn, f, c = hidden_states.shape                       # (batch * height * width, frames, channels)
+        b = self.ctx.batch
+        if text.shape[0] != b * f: raise ValueError(f"the text has {text.shape[0]} rows, not one per frame of {b} videos of {f} frames")
+        n = bn // b
+        x = hidden_states
+        if self.position_code:
+            h, w = level_grid(n, self.ctx.latent_size)
+            x = (x.view(b, n, f, c) + spatial_encoding(h, w, c, ref_size=self.ctx.latent_size).to(x)[None, :, None]).view(bn, f, c)
+        q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
+        k, v = (p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v))
+        a = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
+        return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
+
+def add_text_to_motion_modules(unet, position_code: bool = True) -> torch.nn.ModuleList:
+    "Give every motion module of a UNetMotionModel a path to the text; the returned processors hold the new weights."
+    from diffusers import UNetMotionModel
+    if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
+    text_dim = unet.config.cross_attention_dim
+    if not isinstance(text_dim, int): raise ValueError(f"one text width is needed, the UNet has {text_dim}")
+    targets = [m for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')]
+    if not targets: raise ValueError("the UNet has no motion module with a second temporal attention")
+    if any(isinstance(m.processor, MotionTextAttnProcessor) for m in targets): raise ValueError("the motion modules already see the text")
+    ctx = MotionTextContext()
+    procs = torch.nn.ModuleList(MotionTextAttnProcessor(m, text_dim, ctx, position_code) for m in targets)
+    for m, p in zip(targets, procs): m.set_processor(p)
+    unet.register_forward_pre_hook(ctx, with_kwargs=True)
+    return procs
 
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
