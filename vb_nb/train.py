@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import json, math, os, re, shutil, time
+import copy, json, math, os, re, shutil, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -283,11 +283,21 @@ def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 90
 # %% ../nbs/08_train.ipynb #tmfn0001
 class MotionTextContext:
     "The text and latent size of a UNet's current call, noted by its forward pre-hook for the motion modules' text attention."
-    def __init__(self): self.text = self.batch = self.latent_size = None
+    def __init__(self): self.text = self.batch = self.latent_size = None; self._codes = {}
     def __call__(self, module, args, kwargs):
         sample = args[0] if args else kwargs['sample']
         self.text = args[2] if len(args) > 2 else kwargs.get('encoder_hidden_states')
         self.batch, self.latent_size = sample.shape[0], tuple(sample.shape[-2:])
+
+    def place_code(self, n_tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+        "Cached (n_tokens, dim) sine-cosine code of the places of a UNet level's tokens, measured on the current latent grid."
+        key = (n_tokens, dim, self.latent_size, like.device, like.dtype)
+        if key not in self._codes:
+            from vb_nb.attention import level_grid
+            from vb_nb.posenc import spatial_encoding
+            h, w = level_grid(n_tokens, self.latent_size)
+            self._codes[key] = spatial_encoding(h, w, dim, ref_size=self.latent_size).to(like)
+        return self._codes[key]
 
 class MotionTextAttnProcessor(torch.nn.Module):
     "A motion module's temporal attention plus a cross-attention, zero at the start, from each frame's tokens to that frame's text."
@@ -296,16 +306,13 @@ class MotionTextAttnProcessor(torch.nn.Module):
         from diffusers.models.attention_processor import AttnProcessor2_0
         inner, dim = attn.to_q.out_features, attn.to_q.in_features
         self.ctx, self.heads, self.position_code = ctx, attn.heads, position_code
-        self.to_q = torch.nn.Linear(dim, inner, bias=False).to(attn.to_q.weight)
-        self.to_q.weight.data.copy_(attn.to_q.weight)
+        self.to_q = copy.deepcopy(attn.to_q)
         self.to_k, self.to_v = (torch.nn.Linear(text_dim, inner, bias=False).to(attn.to_q.weight) for _ in range(2))
         self.to_out = torch.nn.Linear(inner, dim).to(attn.to_q.weight)
         torch.nn.init.zeros_(self.to_out.weight); torch.nn.init.zeros_(self.to_out.bias)
         self._stock = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        from vb_nb.attention import level_grid
-        from vb_nb.posenc import spatial_encoding
         out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         text = self.ctx.text
         if text is None: raise RuntimeError("the text of this call is unknown: call the UNet itself, whose pre-hook notes it")
@@ -314,9 +321,7 @@ class MotionTextAttnProcessor(torch.nn.Module):
         if text.shape[0] != b * f: raise ValueError(f"the text has {text.shape[0]} rows, not one per frame of {b} videos of {f} frames")
         n = bn // b
         x = hidden_states
-        if self.position_code:
-            h, w = level_grid(n, self.ctx.latent_size)
-            x = (x.view(b, n, f, c) + spatial_encoding(h, w, c, ref_size=self.ctx.latent_size).to(x)[None, :, None]).view(bn, f, c)
+        if self.position_code: x = (x.view(b, n, f, c) + self.ctx.place_code(n, c, x)[None, :, None]).view(bn, f, c)
         q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
         k, v = (p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v))
         a = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
