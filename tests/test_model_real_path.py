@@ -101,3 +101,18 @@ def test_parts_from_elsewhere(folders, tmp_path):
     assert m.tokenizer(prompt).input_ids == load_tokenizer()(prompt).input_ids
     text = CLIPTextModel.from_pretrained(folders['base']/'text_encoder')
     torch.testing.assert_close(m.text_encoder.get_input_embeddings().weight, text.get_input_embeddings().weight)
+
+
+def test_a_base_saved_with_the_motion_text_path_loads_with_it(tmp_path, folders):
+    import shutil
+    from vb_nb.model import add_text_to_motion_modules, motion_text_processors, save_unet
+    base = tmp_path/'base'
+    shutil.copytree(folders['base'], base)
+    unet = load_unet(folders['base'], folders['motion_adapter'])
+    for p in add_text_to_motion_modules(unet): torch.nn.init.normal_(p.to_out.weight, std=0.1)   # as if trained
+    shutil.rmtree(base/'unet')
+    save_unet(unet, base/'unet')                      # a UNetMotionModel in unet/, its text path beside it
+    model = VideoBooth.from_pretrained(base, image_encoder=folders['image_encoder'])
+    saved, loaded = motion_text_processors(unet), motion_text_processors(model.unet)
+    assert set(loaded) == set(saved) and len(saved) > 0
+    assert all(torch.equal(loaded[n].to_out.weight, p.to_out.weight) for n, p in saved.items())

@@ -12,9 +12,11 @@ from torch import nn
 from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 # %% auto #0
-__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'STAGES', 'build_unet', 'build_vae',
-           'sd_noise_scheduler', 'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet', 'VideoBoothAdapter',
-           'images_to_unit', 'VideoBooth', 'write_tiny_pretrained']
+__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'STAGES', 'build_unet',
+           'build_vae', 'sd_noise_scheduler', 'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet',
+           'MotionTextContext', 'MotionTextAttnProcessor', 'motion_text_processors', 'add_text_to_motion_modules',
+           'save_unet', 'load_motion_text', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth',
+           'write_tiny_pretrained']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -112,6 +114,106 @@ def load_unet(path_or_id, motion_adapter=None, dtype=torch.float32) -> UNetMotio
     adapter = _from_pretrained(MotionAdapter, 'motion adapter', motion_adapter, 'motion_adapter', hub_subfolder=None, torch_dtype=dtype)
     with _quiet_diffusers(): return UNetMotionModel.from_unet2d(unet2d, adapter).to(dtype)
 
+# %% ../nbs/07_model.ipynb #mtfn0001
+import copy
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import load_file, save_file
+from .posenc import spatial_encoding
+from .attention import level_grid
+
+MOTION_TEXT_FILE = 'motion_text.safetensors'      # next to a base UNet's own files: its motion modules' text path
+
+class MotionTextContext:
+    "The text and latent size of a UNet's current call, noted by its forward pre-hook for the motion modules' text attention."
+    def __init__(self): self.text = self.batch = self.latent_size = None; self._codes = {}
+    def __call__(self, module, args, kwargs):
+        sample = args[0] if args else kwargs['sample']
+        self.text = args[2] if len(args) > 2 else kwargs.get('encoder_hidden_states')
+        self.batch, self.latent_size = sample.shape[0], tuple(sample.shape[-2:])
+
+    def place_code(self, n_tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+        "Cached (n_tokens, dim) sine-cosine code of the places of a UNet level's tokens, measured on the current latent grid."
+        key = (n_tokens, dim, self.latent_size, like.device, like.dtype)
+        if key not in self._codes:
+            h, w = level_grid(n_tokens, self.latent_size)
+            self._codes[key] = spatial_encoding(h, w, dim, ref_size=self.latent_size).to(like)
+        return self._codes[key]
+
+class MotionTextAttnProcessor(nn.Module):
+    "A motion module's temporal attention plus a cross-attention, zero at the start, from each frame's tokens to that frame's text."
+    def __init__(self, attn, text_dim: int, ctx: MotionTextContext, position_code: bool = True):
+        super().__init__()
+        inner, dim = attn.to_q.out_features, attn.to_q.in_features
+        self.ctx, self.heads, self.position_code = ctx, attn.heads, position_code
+        self.to_q = copy.deepcopy(attn.to_q)
+        self.to_k, self.to_v = (nn.Linear(text_dim, inner, bias=False).to(attn.to_q.weight) for _ in range(2))
+        self.to_out = nn.Linear(inner, dim).to(attn.to_q.weight)
+        nn.init.zeros_(self.to_out.weight); nn.init.zeros_(self.to_out.bias)
+        self._stock = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        text = self.ctx.text
+        if text is None: raise RuntimeError("the text of this call is unknown: call the UNet itself, whose pre-hook notes it")
+        bn, f, c = hidden_states.shape                       # (batch * height * width, frames, channels)
+        b = self.ctx.batch
+        if text.shape[0] != b * f: raise ValueError(f"the text has {text.shape[0]} rows, not one per frame of {b} videos of {f} frames")
+        n = bn // b
+        x = hidden_states
+        if self.position_code: x = (x.view(b, n, f, c) + self.ctx.place_code(n, c, x)[None, :, None]).view(bn, f, c)
+        q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
+        k, v = (p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v))
+        a = nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
+        return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
+
+def motion_text_processors(unet) -> dict[str, MotionTextAttnProcessor]:
+    "The motion modules' text processors of a UNet by attention layer name (empty if it has none)."
+    return {n: m.processor for n, m in unet.named_modules() if isinstance(getattr(m, 'processor', None), MotionTextAttnProcessor)}
+
+def add_text_to_motion_modules(unet, position_code: bool = True) -> nn.ModuleList:
+    "Give every motion module of a UNetMotionModel a path to the text; the returned processors hold the new weights."
+    if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
+    text_dim = unet.config.cross_attention_dim
+    if not isinstance(text_dim, int): raise ValueError(f"one text width is needed, the UNet has {text_dim}")
+    targets = [m for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')]
+    if not targets: raise ValueError("the UNet has no motion module with a second temporal attention")
+    if motion_text_processors(unet): raise ValueError("the motion modules already see the text")
+    ctx = MotionTextContext()
+    procs = nn.ModuleList(MotionTextAttnProcessor(m, text_dim, ctx, position_code) for m in targets)
+    for m, p in zip(targets, procs): m.set_processor(p)
+    unet.register_forward_pre_hook(ctx, with_kwargs=True)
+    return procs
+
+def save_unet(unet, folder) -> Path:
+    "`save_pretrained` a UNetMotionModel as a stock one, and its motion modules' text path (if any) beside it in MOTION_TEXT_FILE."
+    folder, procs = Path(folder), motion_text_processors(unet)
+    layers = dict(unet.named_modules())
+    for name, p in procs.items(): layers[name].set_processor(p._stock)    # diffusers then saves the stock UNet only
+    try: unet.save_pretrained(folder)
+    finally:
+        for name, p in procs.items(): layers[name].set_processor(p)
+    if procs:
+        weights = {f'{name}.{k}': v.detach().contiguous() for name, p in procs.items() for k, v in p.state_dict().items()}
+        save_file(weights, str(folder/MOTION_TEXT_FILE), metadata={'position_code': str(next(iter(procs.values())).position_code)})
+    return folder
+
+def load_motion_text(unet, folder) -> nn.ModuleList|None:
+    "Install and load the motion modules' text path saved next to a UNet in `folder`; None (the UNet untouched) if there is none."
+    path = Path(folder)/MOTION_TEXT_FILE
+    if not path.is_file(): return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
+    except Exception as e: raise ValueError(f"{path} is not a readable safetensors file ({e}): save the base again with save_unet") from e
+    if meta.get('position_code') not in ('True', 'False'): raise ValueError(f"{path} lacks its 'position_code' entry: save it with save_unet")
+    procs = add_text_to_motion_modules(unet, position_code=meta['position_code'] == 'True')
+    p = next(unet.parameters())
+    weights = {k: v.to(p.dtype) for k, v in load_file(str(path), device=str(p.device)).items()}
+    named = {f'{n}.{k}' for n, proc in motion_text_processors(unet).items() for k in proc.state_dict()}
+    if set(weights) != named: raise ValueError(f"{path} was saved from another UNet: its layers differ from this UNet's motion modules")
+    for n, proc in motion_text_processors(unet).items(): proc.load_state_dict({k: weights[f'{n}.{k}'] for k in proc.state_dict()})
+    return procs
+
 # %% ../nbs/07_model.ipynb #ed27b90d
 from .clip import (TEXT_LAYERS_FILE, encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config,
                         toy_text_encoder)
@@ -201,9 +303,11 @@ class VideoBooth(nn.Module):
 
     @classmethod
     def from_toy_parts(cls, vae, unet, adapter=None, dtype=torch.float32, **options) -> 'VideoBooth':
-        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP, with the text layers and noise schedule the base kept if any."
+        "The toy model from trained folders (toy VAE, toy base UNet, optionally an adapter) around the shipped toy CLIP, with the text layers, noise schedule and motion-text path the base kept if any."
         with _quiet_diffusers():
-            model = cls(UNetMotionModel.from_pretrained(unet, torch_dtype=dtype), AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
+            base = UNetMotionModel.from_pretrained(unet, torch_dtype=dtype)
+            load_motion_text(base, unet)                   # the text path of the motion modules, if the base was trained with one
+            model = cls(base, AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
                         toy_text_encoder(Path(unet)/TEXT_LAYERS_FILE, dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype),
                         **{'noise_scheduler': saved_noise_scheduler(unet), **options})
         return model.load_adapter(adapter) if adapter is not None else model
@@ -212,10 +316,11 @@ class VideoBooth(nn.Module):
     def from_pretrained(cls, base, motion_adapter=None, image_encoder=None, adapter=None, text_encoder=None, dtype=torch.float32, device=None,
                         **options) -> 'VideoBooth':
         "Load the base parts from a Stable-Diffusion-style folder / hub id (unet/ vae/ text_encoder/ tokenizer/ scheduler/), then an adapter folder if given."
+        local = Path(os.path.expanduser(str(base)))
         unet = load_unet(base, motion_adapter, dtype=dtype)
+        load_motion_text(unet, local/'unet')          # a base trained with the motion modules' text path keeps it beside its UNet
         vae = _from_pretrained(AutoencoderKL, 'VAE', base, 'vae', torch_dtype=dtype)
         text = load_text_encoder(text_encoder if text_encoder is not None else base, dtype=dtype)
-        local = Path(os.path.expanduser(str(base)))
         # every CLIP text tower uses the same BPE: without a tokenizer/ folder, the shipped one is that tokenizer
         tokenizer = load_tokenizer() if local.is_dir() and not (local/'tokenizer').is_dir() else load_tokenizer(base)
         image_src = image_encoder if image_encoder is not None else base

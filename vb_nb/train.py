@@ -21,9 +21,8 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
            'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
-           'swap_words', 'caption_loss', 'MotionTextContext', 'MotionTextAttnProcessor', 'add_text_to_motion_modules',
-           'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir',
-           'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
+           'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
+           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
            'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
@@ -56,6 +55,7 @@ class TrainConfig:
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
     noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
+    motion_text: bool = False         # base: give the motion modules the text (model.add_text_to_motion_modules); a given --unet keeps its own. Others: the base's
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -280,68 +280,6 @@ def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 90
     return losses
 
 
-# %% ../nbs/08_train.ipynb #tmfn0001
-class MotionTextContext:
-    "The text and latent size of a UNet's current call, noted by its forward pre-hook for the motion modules' text attention."
-    def __init__(self): self.text = self.batch = self.latent_size = None; self._codes = {}
-    def __call__(self, module, args, kwargs):
-        sample = args[0] if args else kwargs['sample']
-        self.text = args[2] if len(args) > 2 else kwargs.get('encoder_hidden_states')
-        self.batch, self.latent_size = sample.shape[0], tuple(sample.shape[-2:])
-
-    def place_code(self, n_tokens: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-        "Cached (n_tokens, dim) sine-cosine code of the places of a UNet level's tokens, measured on the current latent grid."
-        key = (n_tokens, dim, self.latent_size, like.device, like.dtype)
-        if key not in self._codes:
-            from vb_nb.attention import level_grid
-            from vb_nb.posenc import spatial_encoding
-            h, w = level_grid(n_tokens, self.latent_size)
-            self._codes[key] = spatial_encoding(h, w, dim, ref_size=self.latent_size).to(like)
-        return self._codes[key]
-
-class MotionTextAttnProcessor(torch.nn.Module):
-    "A motion module's temporal attention plus a cross-attention, zero at the start, from each frame's tokens to that frame's text."
-    def __init__(self, attn, text_dim: int, ctx: MotionTextContext, position_code: bool = True):
-        super().__init__()
-        from diffusers.models.attention_processor import AttnProcessor2_0
-        inner, dim = attn.to_q.out_features, attn.to_q.in_features
-        self.ctx, self.heads, self.position_code = ctx, attn.heads, position_code
-        self.to_q = copy.deepcopy(attn.to_q)
-        self.to_k, self.to_v = (torch.nn.Linear(text_dim, inner, bias=False).to(attn.to_q.weight) for _ in range(2))
-        self.to_out = torch.nn.Linear(inner, dim).to(attn.to_q.weight)
-        torch.nn.init.zeros_(self.to_out.weight); torch.nn.init.zeros_(self.to_out.bias)
-        self._stock = AttnProcessor2_0()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        out = self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        text = self.ctx.text
-        if text is None: raise RuntimeError("the text of this call is unknown: call the UNet itself, whose pre-hook notes it")
-        bn, f, c = hidden_states.shape                       # (batch * height * width, frames, channels)
-        b = self.ctx.batch
-        if text.shape[0] != b * f: raise ValueError(f"the text has {text.shape[0]} rows, not one per frame of {b} videos of {f} frames")
-        n = bn // b
-        x = hidden_states
-        if self.position_code: x = (x.view(b, n, f, c) + self.ctx.place_code(n, c, x)[None, :, None]).view(bn, f, c)
-        q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
-        k, v = (p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v))
-        a = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
-        return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
-
-def add_text_to_motion_modules(unet, position_code: bool = True) -> torch.nn.ModuleList:
-    "Give every motion module of a UNetMotionModel a path to the text; the returned processors hold the new weights."
-    from diffusers import UNetMotionModel
-    if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
-    text_dim = unet.config.cross_attention_dim
-    if not isinstance(text_dim, int): raise ValueError(f"one text width is needed, the UNet has {text_dim}")
-    targets = [m for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')]
-    if not targets: raise ValueError("the UNet has no motion module with a second temporal attention")
-    if any(isinstance(m.processor, MotionTextAttnProcessor) for m in targets): raise ValueError("the motion modules already see the text")
-    ctx = MotionTextContext()
-    procs = torch.nn.ModuleList(MotionTextAttnProcessor(m, text_dim, ctx, position_code) for m in targets)
-    for m, p in zip(targets, procs): m.set_processor(p)
-    unet.register_forward_pre_hook(ctx, with_kwargs=True)
-    return procs
-
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
 
@@ -415,14 +353,16 @@ def _final(path, stage):
     if not p.exists(): raise FileNotFoundError(f"{p} does not exist: train the {stage!r} stage first (vb_nb_train --stage {stage}) or name the folder")
     return p
 
-def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = ''):
-    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc and noise_schedule as in TrainConfig."
+def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = '',
+                      motion_text: bool = False):
+    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
     from diffusers import AutoencoderKL, UNetMotionModel
-    from vb_nb.model import VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, saved_noise_scheduler
+    from vb_nb.model import VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, saved_noise_scheduler, add_text_to_motion_modules, load_motion_text
     from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
     if stage == 'vae': return build_vae().train()
-    if stage != 'base' and (inputs.text_layers or noise_schedule):
-        raise ValueError(f"text layers and the noise schedule belong to the base: the {stage} stage takes them from the base's folder (drop --text-layers, --noise-schedule)")
+    if stage != 'base' and (inputs.text_layers or noise_schedule or motion_text):
+        raise ValueError(f"text layers, the noise schedule and the motion-text path belong to the base: the {stage} stage takes them from the base's folder "
+                         "(drop --text-layers, --noise-schedule, --motion-text)")
     if inputs.base:
         if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
@@ -436,6 +376,7 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
                 raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
             layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
             unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
+            if not (start and load_motion_text(unet, start)) and motion_text: add_text_to_motion_modules(unet)   # a given UNet's own path goes on training
             sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['sd']()
             return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
@@ -459,7 +400,8 @@ def save_final(stage: str, model, folder) -> Path:
         if stage == 'vae': model.save_pretrained(tmp)
         elif stage == 'base':
             from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
-            model.unet.save_pretrained(tmp)
+            from vb_nb.model import save_unet
+            save_unet(model.unet, tmp)                        # with the motion modules' text path beside it, if any
             model.noise_scheduler.save_pretrained(tmp)      # scheduler_config.json: the schedule the UNet learned
             save_file(text_layer_weights(model.text_encoder), str(tmp/TEXT_LAYERS_FILE))   # the text layers the UNet was trained with go with it
         else: model.adapter.save_pretrained(tmp)
@@ -498,7 +440,7 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     "Train one stage end to end; return (model, losses)."
     from vb_nb.dataset import VideoPromptDataset
     inputs = inputs or StageInputs()
-    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule)   # first: its errors cost nothing
+    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule, cfg.motion_text)   # first: its errors cost nothing
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
@@ -524,15 +466,18 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base') -> Path:
-    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
+    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
     from vb_nb.clip import TEXT_LAYERS_FILE
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
+    from vb_nb.model import load_motion_text, save_unet
     for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
         with atomic_folder(dest/part) as tmp:
-            cls.from_pretrained(src).half().save_pretrained(tmp)
+            m = cls.from_pretrained(src)
+            if part == 'unet': load_motion_text(m, src); save_unet(m.half(), tmp)
+            else: m.half().save_pretrained(tmp)
             if (src/'scheduler_config.json').exists(): shutil.copyfile(src/'scheduler_config.json', tmp/'scheduler_config.json')
             if (src/TEXT_LAYERS_FILE).exists(): save_file({k: v.half() for k, v in load_file(str(src/TEXT_LAYERS_FILE)).items()}, str(tmp/TEXT_LAYERS_FILE))
     src = _final(toy_dir(fine_run)/'final', 'fine')
@@ -563,8 +508,8 @@ def main(argv=None):
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
-              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule'):
-        typ = {'max_steps': int, 'posenc': _yes_no}.get(f, type(getattr(TrainConfig, f)))
+              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text'):
+        typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
     for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
