@@ -25,6 +25,11 @@ the steps those budgets gave). These commands train the same runs:
 
   python benchmarks/train_base_gpu.py --probe outputs/toy/base_gpu_zsnr/final      # the word probe alone
 
+The base with the motion modules' text path (train notebook, "A base trained with the path"), the next GPU run:
+
+  python benchmarks/train_base_gpu.py --name base_gpu_zsnr_mt_a --schedule zero_snr --text-layers $L --motion-text --steps 645 --lr 1e-3 --warmup 300
+  python benchmarks/train_base_gpu.py --name base_gpu_zsnr_mt --unet outputs/toy/base_gpu_zsnr_mt_a/final --steps 999 --lr 6e-4 --warmup 50 --cache
+
 All at batch 128 on 32,000 clips. A run checkpoints as `fit` does and resumes when started again with the same --name.
 The word probe is the evaluation notebook's `word_following`: 16 held-out seeds, each under the four straight-motion
 prompts, the base alone; the share of the 64 videos whose subject goes the way its prompt says (chance: 0.25).
@@ -119,6 +124,7 @@ def main(argv=None):
     ap.add_argument('--schedule', default='', choices=['', 'sd', 'zero_snr'], help="a new base's noise schedule ('' with --unet: the UNet's own)")
     ap.add_argument('--text-layers', default='', help='text layers file to train with (default: the --unet\'s own, else the toy CLIP\'s)')
     ap.add_argument('--unet', default='', help='a trained base UNet folder to go on training')
+    ap.add_argument('--motion-text', action='store_true', help="give a new base's motion modules the text (a --unet keeps its own)")
     ap.add_argument('--clips', type=int, default=32000, help='toyworld training clips to render')
     ap.add_argument('--steps', type=int, default=1000); ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--lr', type=float, default=1e-3); ap.add_argument('--warmup', type=int, default=300)
@@ -138,9 +144,11 @@ def main(argv=None):
     out = outputs_dir()/'toy'/a.name
     clips, captions = rendered_clips(a.clips, outputs_dir()/'toy'/'rendered')
     from vb_nb.sample import toy_model_dir
-    base = build_stage_model('base', StageInputs(vae=str(toy_model_dir()/'vae'), text_layers=a.text_layers, unet=a.unet), noise_schedule=a.schedule).to(DEVICE)
+    base = build_stage_model('base', StageInputs(vae=str(toy_model_dir()/'vae'), text_layers=a.text_layers, unet=a.unet), noise_schedule=a.schedule,
+                              motion_text=a.motion_text).to(DEVICE)
     cfg = TrainConfig(stage='base', out_dir=str(out), max_steps=a.steps, batch_size=a.batch, lr=a.lr, warmup_steps=a.warmup, lr_schedule='cosine',
-                      checkpoint_every=a.checkpoint_every, sample_steps=0, noise_schedule=a.schedule)
+                      checkpoint_every=a.checkpoint_every, sample_steps=0, noise_schedule=a.schedule,
+                      motion_text=a.motion_text)
     if a.cache:
         model = CachedBase(base, *cache_frozen(base, clips, captions), text_dropout=cfg.text_dropout)
         loss_fn, batch_fn = (lambda m, idx: m(idx)), (lambda micro: torch.randint(len(captions), (a.batch,), device=DEVICE))

@@ -44,3 +44,10 @@ def test_short_run_writes_a_base_and_resumes(script, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit): script.main(['--steps', '2'])
     with pytest.raises(SystemExit): script.main(['--probe', str(tmp_path/'nowhere')])
     assert 'not a base UNet folder' in capsys.readouterr().err
+
+
+def test_motion_text_base_keeps_its_path(script, tmp_path, monkeypatch, capsys):
+    from vb_nb.model import MOTION_TEXT_FILE
+    monkeypatch.setenv('VB_NB_OUTPUTS', str(tmp_path))
+    script.main(['--name', 'm', '--clips', '4', '--steps', '1', '--batch', '2', '--warmup', '1', '--probe-clips', '1', '--motion-text', '--cache'])
+    assert (tmp_path/'toy'/'m'/'final'/MOTION_TEXT_FILE).is_file()
