@@ -117,6 +117,7 @@ def load_unet(path_or_id, motion_adapter=None, dtype=torch.float32) -> UNetMotio
 # %% ../nbs/07_model.ipynb #mtfn0001
 import copy
 from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from .posenc import spatial_encoding
 from .attention import level_grid
@@ -201,16 +202,16 @@ def load_motion_text(unet, folder) -> nn.ModuleList|None:
     "Install and load the motion modules' text path saved next to a UNet in `folder`; None (the UNet untouched) if there is none."
     path = Path(folder)/MOTION_TEXT_FILE
     if not path.is_file(): return None
-    from safetensors import safe_open
     try:
         with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
     except Exception as e: raise ValueError(f"{path} is not a readable safetensors file ({e}): save the base again with save_unet") from e
     if meta.get('position_code') not in ('True', 'False'): raise ValueError(f"{path} lacks its 'position_code' entry: save it with save_unet")
-    procs = add_text_to_motion_modules(unet, position_code=meta['position_code'] == 'True')
     p = next(unet.parameters())
     weights = {k: v.to(p.dtype) for k, v in load_file(str(path), device=str(p.device)).items()}
-    named = {f'{n}.{k}' for n, proc in motion_text_processors(unet).items() for k in proc.state_dict()}
-    if set(weights) != named: raise ValueError(f"{path} was saved from another UNet: its layers differ from this UNet's motion modules")
+    layers = {n for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')}
+    if {k.rsplit('.', 2)[0] for k in weights} != layers:          # checked before installing: a refused file leaves the UNet as it was
+        raise ValueError(f"{path} was saved from another UNet: its layers differ from this UNet's motion modules")
+    procs = add_text_to_motion_modules(unet, position_code=meta['position_code'] == 'True')
     for n, proc in motion_text_processors(unet).items(): proc.load_state_dict({k: weights[f'{n}.{k}'] for k in proc.state_dict()})
     return procs
 
