@@ -14,9 +14,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditi
 # %% auto #0
 __all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'STAGES', 'build_unet',
            'build_vae', 'sd_noise_scheduler', 'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet',
-           'MotionTextContext', 'MotionTextAttnProcessor', 'motion_text_processors', 'add_text_to_motion_modules',
-           'save_unet', 'load_motion_text', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth',
-           'write_tiny_pretrained']
+           'MotionTextContext', 'MotionTextAttnProcessor', 'motion_attentions', 'motion_text_processors',
+           'add_text_to_motion_modules', 'save_unet', 'load_motion_text', 'VideoBoothAdapter', 'images_to_unit',
+           'VideoBooth', 'write_tiny_pretrained']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -167,6 +167,10 @@ class MotionTextAttnProcessor(nn.Module):
         a = nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
         return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
 
+def motion_attentions(unet) -> dict:
+    "The second temporal attention of every motion module of a UNet, by layer name: where the text path goes."
+    return {n: m for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')}
+
 def motion_text_processors(unet) -> dict[str, MotionTextAttnProcessor]:
     "The motion modules' text processors of a UNet by attention layer name (empty if it has none)."
     return {n: m.processor for n, m in unet.named_modules() if isinstance(getattr(m, 'processor', None), MotionTextAttnProcessor)}
@@ -176,7 +180,7 @@ def add_text_to_motion_modules(unet, position_code: bool = True) -> nn.ModuleLis
     if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
     text_dim = unet.config.cross_attention_dim
     if not isinstance(text_dim, int): raise ValueError(f"one text width is needed, the UNet has {text_dim}")
-    targets = [m for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')]
+    targets = list(motion_attentions(unet).values())
     if not targets: raise ValueError("the UNet has no motion module with a second temporal attention")
     if motion_text_processors(unet): raise ValueError("the motion modules already see the text")
     ctx = MotionTextContext()
@@ -208,8 +212,7 @@ def load_motion_text(unet, folder) -> nn.ModuleList|None:
     if meta.get('position_code') not in ('True', 'False'): raise ValueError(f"{path} lacks its 'position_code' entry: save it with save_unet")
     p = next(unet.parameters())
     weights = {k: v.to(p.dtype) for k, v in load_file(str(path), device=str(p.device)).items()}
-    layers = {n for n, m in unet.named_modules() if 'motion_modules' in n and n.endswith('.attn2')}
-    if {k.rsplit('.', 2)[0] for k in weights} != layers:          # checked before installing: a refused file leaves the UNet as it was
+    if {k.rsplit('.', 2)[0] for k in weights} != set(motion_attentions(unet)):          # checked before installing: a refused file leaves the UNet as it was
         raise ValueError(f"{path} was saved from another UNet: its layers differ from this UNet's motion modules")
     procs = add_text_to_motion_modules(unet, position_code=meta['position_code'] == 'True')
     for n, proc in motion_text_processors(unet).items(): proc.load_state_dict({k: weights[f'{n}.{k}'] for k in proc.state_dict()})

@@ -470,9 +470,9 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
     from vb_nb.clip import TEXT_LAYERS_FILE
+    from vb_nb.model import load_motion_text, save_unet
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
-    from vb_nb.model import load_motion_text, save_unet
     for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
         with atomic_folder(dest/part) as tmp:
             m = cls.from_pretrained(src)
