@@ -4,6 +4,7 @@ import pytest, torch
 from vb_nb.train import TrainConfig, fit, main, videobooth_loss, random_batch, toy_training_data, checkpoints, NonFiniteLoss
 from vb_nb.dataset import VideoPromptDataset
 from vb_nb.model import VideoBooth
+from vb_nb.sample import toy_model_dir
 
 
 @pytest.fixture(scope='module')
@@ -70,4 +71,8 @@ def test_cli_rejects_bad_values_before_training(tmp_path, capsys):
     for args in (['--noise-schedule', 'sd'], ['--text-layers', str(tmp_path/'layers.safetensors')]):    # the base's, not an adapter stage's
         with pytest.raises(SystemExit): main(['--stage', 'fine', '--out', str(tmp_path)] + args)
         assert 'belong to the base' in capsys.readouterr().err
+    for stage, args, says in (('coarse', ['--min-timestep', '700'], 'belongs to the base and motion_text'), ('base', ['--min-timestep', '-1'], 'min_timestep must be'),
+                              ('motion_text', ['--vae', str(toy_model_dir()/'vae'), '--unet', str(tmp_path/'no_base')], "train the 'base' stage first")):
+        with pytest.raises(SystemExit): main(['--stage', stage, '--out', str(tmp_path)] + args)
+        assert says in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

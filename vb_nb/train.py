@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import copy, json, math, os, re, shutil, time
+import copy, json, math, os, re, shutil, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -26,7 +26,7 @@ __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed',
            'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
-STAGES = ('vae', 'base', 'coarse', 'fine', 'joint')
+STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
 
 @dataclass
 class TrainConfig:
@@ -56,6 +56,7 @@ class TrainConfig:
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
     noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
     motion_text: bool = False         # base: give the motion modules the text (model.add_text_to_motion_modules); a given --unet keeps its own. Others: the base's
+    min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
@@ -64,6 +65,8 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.min_timestep < 0: raise ValueError(f"min_timestep must be >= 0, got {self.min_timestep}")
+        if self.min_timestep and self.stage not in ('base', 'motion_text'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {self.stage}")
         if self.noise_schedule not in ('', 'sd', 'zero_snr'): raise ValueError(f"noise_schedule must be sd or zero_snr, got {self.noise_schedule!r}")
         if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
         for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
@@ -225,10 +228,12 @@ def video_latents(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch
     return z.unflatten(0, (b, f)).transpose(1, 2)
 
 # %% ../nbs/08_train.ipynb #b289209a
-def diffusion_inputs(latents, scheduler):
-    "Noise, timesteps (uniform over the training schedule) and noisy latents for a batch of latents."
+def diffusion_inputs(latents, scheduler, min_timestep: int = 0):
+    "Noise, timesteps (uniform over the training schedule from `min_timestep` on) and noisy latents for a batch of latents."
+    n = scheduler.config.num_train_timesteps
+    if not 0 <= min_timestep < n: raise ValueError(f"min_timestep must be in [0, {n}), the schedule's timesteps; got {min_timestep}")
     noise = torch.randn_like(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    t = torch.randint(min_timestep, n, (latents.shape[0],), device=latents.device)
     return noise, t, scheduler.add_noise(latents, noise, t)
 
 def diffusion_target(scheduler, latents, noise, t) -> torch.Tensor:
@@ -247,11 +252,11 @@ class TextToVideo(torch.nn.Module):
         self.noise_scheduler = noise_scheduler or sd_noise_scheduler()
         for m in (vae, text_encoder): m.requires_grad_(False).eval()
 
-    def forward(self, batch, text_dropout: float = 0.0) -> torch.Tensor:
-        "Diffusion MSE (epsilon or v, as the noise scheduler predicts) on a batch of clips and captions."
+    def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
+        "Diffusion MSE (epsilon or v, as the noise scheduler predicts) on a batch of clips and captions, at timesteps from `min_timestep` on."
         from vb_nb.clip import encode_text
         latents = video_latents(self.vae, batch['pixel_values'])
-        noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler)
+        noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
         prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
@@ -336,7 +341,7 @@ class StageInputs:
     "Where a stage finds the parts earlier stages made (empty: the toy defaults under outputs/toy)."
     data: str = ''             # a built dataset folder (manifest.csv); default: toyworld, built if missing
     vae: str = ''              # toy VAE folder; default outputs/toy/vae/final
-    unet: str = ''             # toy base UNet folder (the base stage goes on training it if given); default outputs/toy/base/final
+    unet: str = ''             # toy base UNet folder (the base stage goes on training it if given, motion_text gives it a new text path); default outputs/toy/base/final
     text_layers: str = ''      # base: the toy text tower's layers to train with (clip notebook); default the --unet's own, else the toy CLIP's
     adapter: str = ''          # adapter to start from (fine stage); default outputs/toy/coarse/final
     base: str = ''             # real scale: SD-1.5-style folder or hub id (unet/ vae/ text_encoder/ tokenizer/)
@@ -357,14 +362,15 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
                       motion_text: bool = False):
     "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
     from diffusers import AutoencoderKL, UNetMotionModel
-    from vb_nb.model import VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, saved_noise_scheduler, add_text_to_motion_modules, load_motion_text
+    from vb_nb.model import (VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, MOTION_TEXT_FILE, saved_noise_scheduler, add_text_to_motion_modules,
+                             load_motion_text)
     from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
     if stage == 'vae': return build_vae().train()
     if stage != 'base' and (inputs.text_layers or noise_schedule or motion_text):
         raise ValueError(f"text layers, the noise schedule and the motion-text path belong to the base: the {stage} stage takes them from the base's folder "
                          "(drop --text-layers, --noise-schedule, --motion-text)")
     if inputs.base:
-        if stage in ('vae', 'base'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
+        if stage in ('vae', 'base', 'motion_text'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
                                            adapter=inputs.adapter or None if stage == 'fine' else None,
                                            **({} if stage == 'fine' else dict(splice_mode=splice_mode)))
@@ -379,6 +385,13 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
             if not (start and load_motion_text(unet, start)) and motion_text: add_text_to_motion_modules(unet)   # a given UNet's own path goes on training
             sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['sd']()
             return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
+        if stage == 'motion_text':
+            vae, start = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae')), _final(inputs.unet, 'base')
+            if (start/MOTION_TEXT_FILE).is_file(): warnings.warn(f"{start} already has a motion-text path: the motion_text stage trains a new one in its place")
+            unet = UNetMotionModel.from_pretrained(start)                # stock: the path starts new (one trained along with the base did not learn the words)
+            path = add_text_to_motion_modules(unet)
+            unet.requires_grad_(False); path.requires_grad_(True)
+            return TextToVideo(unet, vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
                                           _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
@@ -389,7 +402,7 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
 def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     "loss_fn(model, batch) of a stage."
     if stage == 'vae': return vae_loss
-    if stage == 'base': return lambda m, b: m(b, cfg.text_dropout)
+    if stage in ('base', 'motion_text'): return lambda m, b: m(b, cfg.text_dropout, cfg.min_timestep)
     s = {'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage]
     return lambda m, b: videobooth_loss(m, b, s, cfg.text_dropout, cfg.image_dropout, cfg.mapper_reg, cfg.appearance_dropout)
 
@@ -398,7 +411,7 @@ def save_final(stage: str, model, folder) -> Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         if stage == 'vae': model.save_pretrained(tmp)
-        elif stage == 'base':
+        elif stage in ('base', 'motion_text'):
             from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
             from vb_nb.model import save_unet
             save_unet(model.unet, tmp)                        # with the motion modules' text path beside it, if any
@@ -420,7 +433,7 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10):
     from vb_nb.core import gif_bytes
     image, prompt = example_images()[SAMPLE_PROMPT[0]], SAMPLE_PROMPT[1]
     def sample(step, checkpoint):
-        if stage == 'base':
+        if stage in ('base', 'motion_text'):
             device = next(model.unet.parameters()).device
             vb = VideoBooth(copy.deepcopy(model.unet), model.vae, model.text_encoder, model.tokenizer, load_image_encoder(), model.noise_scheduler).to(device)
             opts = dict(image_guidance=0.0, injection=False)
@@ -500,7 +513,7 @@ def _yes_no(s: str) -> bool:
     raise ValueError(f"expected yes or no, got {s!r}")
 
 def main(argv=None):
-    "Command line: train one stage (vae, base, coarse, fine, joint)."
+    "Command line: train one stage (vae, base, motion_text, coarse, fine, joint)."
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_train', description=main.__doc__)
     ap.add_argument('--stage', required=True, choices=STAGES)
@@ -508,7 +521,7 @@ def main(argv=None):
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
-              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text'):
+              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep'):
         typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
     for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
