@@ -25,10 +25,12 @@ the steps those budgets gave). These commands train the same runs:
 
   python benchmarks/train_base_gpu.py --probe outputs/toy/base_gpu_zsnr/final      # the word probe alone
 
-The base with the motion modules' text path (train notebook, "A base trained with the path"), the next GPU run:
+--motion-text trains the motion modules' text path along with the base. On the CPU a path trained so did not learn the
+motion words, and a new path trained alone afterwards did (train notebook, "A base trained with the path"). So the next
+GPU run gives a base trained as above a new path with the library's own stage:
 
-  python benchmarks/train_base_gpu.py --name base_gpu_zsnr_mt_a --schedule zero_snr --text-layers $L --motion-text --steps 645 --lr 1e-3 --warmup 300
-  python benchmarks/train_base_gpu.py --name base_gpu_zsnr_mt --unet outputs/toy/base_gpu_zsnr_mt_a/final --steps 999 --lr 6e-4 --warmup 50 --cache
+  vb_nb_train --stage motion_text --unet outputs/toy/base_gpu_zsnr/final --vae vb_nb/assets/toy/vae \
+      --out outputs/toy/base_gpu_zsnr_path --max-steps 1200 --batch-size 8 --lr 1e-3 --min-timestep 700
 
 All at batch 128 on 32,000 clips. A run checkpoints as `fit` does and resumes when started again with the same --name.
 The word probe is the evaluation notebook's `word_following`: 16 held-out seeds, each under the four straight-motion

@@ -55,7 +55,7 @@ class TrainConfig:
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
     noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
-    motion_text: bool = False         # base: give the motion modules the text (model.add_text_to_motion_modules); a given --unet keeps its own. Others: the base's
+    motion_text: bool = False         # base: train the motion modules' text path along (model.add_text_to_motion_modules; the motion_text stage trains a new one alone); a given --unet keeps its own. Others: the base's
     min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
 
     def __post_init__(self):
