@@ -465,4 +465,5 @@ d = { 'settings': { 'branch': 'main',
                              'vb_nb.train.trainable_state': ('train.html#trainable_state', 'vb_nb/train.py'),
                              'vb_nb.train.vae_loss': ('train.html#vae_loss', 'vb_nb/train.py'),
                              'vb_nb.train.video_latents': ('train.html#video_latents', 'vb_nb/train.py'),
-                             'vb_nb.train.videobooth_loss': ('train.html#videobooth_loss', 'vb_nb/train.py')}}}
+                             'vb_nb.train.videobooth_loss': ('train.html#videobooth_loss', 'vb_nb/train.py'),
+                             'vb_nb.train.write_summary': ('train.html#write_summary', 'vb_nb/train.py')}}}

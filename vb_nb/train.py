@@ -22,8 +22,8 @@ __all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed',
            'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
            'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
            'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
-           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'hardware',
-           'ship_toy_model', 'main']
+           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage',
+           'write_summary', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
@@ -460,17 +460,22 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     start = time.time()
     losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
                  on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
-    ck = checkpoints(cfg.out_dir)   # the last one is the final step's, and its state holds the time of every run that led to it
-    seconds = json.loads((ck[-1]/'state.json').read_text()).get('seconds', 0.0) if ck else time.time() - start
     if cfg.stage == 'vae':
         frames = random_batch(dataset, 16)['pixel_values'].flatten(0, 1)
         print(f"latent scale: {set_latent_scale(model.eval(), frames):.4f}")
     if cfg.stage in ('coarse', 'fine', 'joint'): model.adapter.register_to_config(trained_stage=cfg.stage)   # tells the sampler which attention to use
     save_final(cfg.stage, model, Path(cfg.out_dir)/'final')
+    write_summary(cfg, losses, time.time() - start)
+    return model, losses
+
+def write_summary(cfg: TrainConfig, losses: list, seconds: float = 0.0) -> Path:
+    "Write `<out_dir>`/summary.json of a finished run: steps, losses, config, hardware, and its time (the last checkpoint's, else `seconds`)."
+    ck = checkpoints(cfg.out_dir)   # the last one is the final step's, and its state holds the time of every run that led to it
+    if ck: seconds = json.loads((ck[-1]/'state.json').read_text()).get('seconds', seconds)
     summary = dict(stage=cfg.stage, steps=len(losses), seconds=round(seconds, 1), losses=losses, config=asdict(cfg),
                    hardware=hardware(), torch_threads=torch.get_num_threads())   # seconds: all runs of this stage, resumptions included
     with atomic_path(Path(cfg.out_dir)/'summary.json') as tmp: tmp.write_text(json.dumps(summary))
-    return model, losses
+    return Path(cfg.out_dir)/'summary.json'
 
 def hardware() -> str:
     "A one-line description of the machine a run used."
@@ -478,8 +483,8 @@ def hardware() -> str:
     if torch.cuda.is_available(): return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
-def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base') -> Path:
-    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries."
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = ()) -> Path:
+    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries (base_from: the runs base_run went on from, oldest first)."
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
     from vb_nb.clip import TEXT_LAYERS_FILE
@@ -498,7 +503,8 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
         shutil.copyfile(src/'config.json', tmp/'config.json')
         w = load_file(str(src/'diffusion_pytorch_model.safetensors'))
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
-    runs = dict(vae='vae', base=base_run, coarse=coarse_run, fine=fine_run)   # coarse_run: the run fine_run started from
+    bases = [*base_from, base_run]
+    runs = {'vae': 'vae', 'base': bases[0], **{r: r for r in bases[1:]}, 'coarse': coarse_run, 'fine': fine_run}   # coarse_run: the run fine_run started from
     logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
