@@ -156,3 +156,124 @@ def test_console_script_exits_cleanly():
 def test_command_line_rejects_missing_subject(capsys):
     with pytest.raises(SystemExit) as e: main(['--prompt', 'a red ball', '--subject', 'star'])
     assert e.value.code == 2 and "'star' does not occur in the prompt" in capsys.readouterr().err
+
+
+# --- a hostile server: drips, floods, lies ------------------------------------------------------------------------------
+import contextlib, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import vb_nb.prompts as P
+
+
+def completion(text: str) -> bytes:
+    return json.dumps({'choices': [{'message': {'role': 'assistant', 'content': text}}]}).encode()
+
+
+@contextlib.contextmanager
+def hostile(behaviour):
+    "A server on 127.0.0.1 whose handler `behaviour(handler, n)` writes the raw reply to request number n (0, 1, ...)."
+    hits = []
+    class H(BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+        def log_message(self, *a): pass
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get('Content-Length') or 0)); hits.append(time.perf_counter())
+            try: behaviour(self, len(hits) - 1)
+            except (BrokenPipeError, ConnectionResetError): pass
+            self.close_connection = True
+    srv = ThreadingHTTPServer(('127.0.0.1', 0), H); srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True); t.start()
+    try: yield f'http://127.0.0.1:{srv.server_address[1]}/v1', hits
+    finally: srv.shutdown(); srv.server_close()
+
+
+def head(h, status=200, length=None, extra=()):
+    h.send_response(status); h.send_header('Content-Type', 'application/json')
+    if length is not None: h.send_header('Content-Length', str(length))
+    for k, v in extra: h.send_header(k, v)
+    h.end_headers()
+
+
+def drip(h, n):
+    "Headers at once, then one byte a second (six at most, so that an old client is bounded too)."
+    body = completion('a red star'); head(h, length=len(body))
+    for b in body[:6]: h.wfile.write(bytes([b])); h.wfile.flush(); time.sleep(1.0)
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read():
+    with hostile(drip) as (url, hits):
+        b = ChatCompletionsBackend(url, 'm', timeout=2, retries=0)
+        t0 = time.perf_counter()
+        with pytest.raises(LLMError, match='no answer within 2 s'): b.complete(MSGS)
+        assert time.perf_counter() - t0 < 2.8                                    # not 6 s of drips
+
+
+def flood(h, n):
+    "An endless body, chunked (no length); 40 MB at most, so that an old client is bounded too."
+    head(h, extra=[('Transfer-Encoding', 'chunked')])
+    block = b'{"choices": [' * 5000
+    chunk = b'%x\r\n%s\r\n' % (len(block), block)
+    for _ in range(40_000_000 // len(block)): h.wfile.write(chunk)
+
+
+def test_an_endless_reply_is_cut_at_the_cap_and_not_retried():
+    with hostile(flood) as (url, hits):
+        b = ChatCompletionsBackend(url, 'm', timeout=10, retries=2, max_reply_bytes=200_000)
+        t0 = time.perf_counter()
+        with pytest.raises(LLMError, match='more than 200000 bytes'): b.complete(MSGS)
+        assert time.perf_counter() - t0 < 3 and len(hits) == 1
+
+
+def test_a_huge_valid_reply_is_refused_from_its_length():
+    big = completion('a red star ' * 500_000)                                     # 5.5 MB, valid
+    with hostile(lambda h, n: (head(h, length=len(big)), h.wfile.write(big))) as (url, hits):
+        with pytest.raises(LLMError, match='more than 1048576 bytes'): ChatCompletionsBackend(url, 'm', timeout=10).complete(MSGS)
+        assert len(hits) == 1
+        with warnings.catch_warnings():                                           # a bigger cap reads it
+            warnings.simplefilter('error')
+            assert len(ChatCompletionsBackend(url, 'm', timeout=10, max_reply_bytes=10**7).complete(MSGS)) == 5_500_000
+
+
+ESCAPES = '\x1b[2J\x1b]0;owned\x07a striped orange star \x1b[31mdrifts to the left\x1b[0m\r over green grass\x9b1A'
+
+
+def escaping(h, n):
+    body = completion(ESCAPES) if n == 0 else b'\x1b[2Jbusy\x1b]0;x\x07'
+    head(h, status=200 if n == 0 else 500, length=len(body)); h.wfile.write(body)
+
+
+def test_escape_codes_never_reach_the_terminal():
+    with hostile(escaping) as (url, hits):
+        b = ChatCompletionsBackend(url, 'm', timeout=5, retries=0)
+        assert refine(CAPTION, 'star', b) == 'a striped orange star drifts to the left over green grass'
+        with pytest.warns(PromptFallbackWarning) as w: refine(CAPTION, 'star', b)   # the server's error text, quoted
+        assert 'busy' in str(w[0].message) and '\x1b' not in str(w[0].message)
+    with hostile(escaping) as (url, hits):                                        # the command line prints the plan
+        r = subprocess.run([sys.executable, '-c', 'from vb_nb.prompts import main; main()', '--prompt', CAPTION, '--subject', 'star',
+                            '--refine', f'toy@{url}', '--mode', 'refine'], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert 'a striped orange star drifts to the left over green grass' in r.stdout
+        assert not any(c in r.stdout + r.stderr for c in '\x1b\x9b\x07\r')
+
+
+@pytest.mark.parametrize('retry_after', ['-5', 'nan', 'inf', '1e9', 'tomorrow'])
+def test_a_bad_retry_after_is_ignored_or_clamped(retry_after):
+    def busy_then_ok(h, n):
+        body = completion('a red star') if n else b'{"error": {"message": "slow down"}}'
+        head(h, status=200 if n else 429, length=len(body), extra=[('Retry-After', retry_after)]); h.wfile.write(body)
+    with hostile(busy_then_ok) as (url, hits):
+        t0 = time.perf_counter()
+        clamp = dict(max_retry_wait=0.5) if retry_after in ('1e9', 'inf') else {}     # the default wait is at most 30 s
+        b = ChatCompletionsBackend(url, 'm', timeout=5, retries=1, backoff=0.05, **clamp)
+        assert b.complete(MSGS) == 'a red star' and len(hits) == 2
+        assert time.perf_counter() - t0 < 2
+    assert P._Retry('', '1e9').wait(0.5, 30) == 30
+
+
+def test_an_api_key_over_plain_http_to_another_host_warns():
+    with pytest.warns(UserWarning, match='over plain http'): ChatCompletionsBackend('http://192.0.2.1:8000/v1', 'm', api_key='sk-x')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for url in ('https://192.0.2.1/v1', 'http://127.0.0.1:8000/v1', 'http://localhost:11434/v1', 'http://[::1]:8000/v1'):
+            ChatCompletionsBackend(url, 'm', api_key='sk-x').close()
+        ChatCompletionsBackend('http://192.0.2.1:8000/v1', 'm').close()             # no key, nothing to leak

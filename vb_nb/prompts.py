@@ -4,11 +4,12 @@
 
 # %% ../nbs/11_prompts.ipynb #746966fa
 from __future__ import annotations
-import contextlib, functools, json, re, threading, time, warnings
+import contextlib, functools, ipaddress, json, math, re, threading, time, warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import torch
 
@@ -16,10 +17,10 @@ import torch
 __all__ = ['TABLE1_PROMPT', 'TABLE1_EXAMPLE', 'TABLE1_TEMPLATE', 'SYSTEM_PROMPT', 'REFINE_EXAMPLE', 'REFINE_TEMPLATE',
            'DECOMPOSE_EXAMPLE', 'DECOMPOSE_TEMPLATE', 'DIRECTION_WORDS', 'mentions_subject', 'default_tokenizer',
            'count_tokens', 'token_budget', 'refine_messages', 'decompose_messages', 'LLMError', 'PromptBackend',
-           'ToyDirector', 'ChatCompletionsBackend', 'ChatServer', 'TransformersBackend', 'save_tiny_causal_lm',
-           'PromptFallbackWarning', 'parse_prompt_list', 'parse_sentence', 'prompt_problem', 'refine', 'decompose',
-           'make_backend', 'assign_frames', 'segment_weights', 'PromptPlan', 'plan_prompts', 'frame_embeddings',
-           'plan_embeddings', 'main']
+           'printable', 'ToyDirector', 'ChatCompletionsBackend', 'ChatServer', 'TransformersBackend',
+           'save_tiny_causal_lm', 'PromptFallbackWarning', 'parse_prompt_list', 'parse_sentence', 'prompt_problem',
+           'refine', 'decompose', 'make_backend', 'assign_frames', 'segment_weights', 'PromptPlan', 'plan_prompts',
+           'frame_embeddings', 'plan_embeddings', 'main']
 
 # %% ../nbs/11_prompts.ipynb #6dbf234f
 from .splice import subject_pattern          # the splice notebook's matcher: the same words count everywhere
@@ -124,6 +125,14 @@ def _check_messages(messages):
         raise ValueError("messages must be a non-empty list of {'role': 'system'|'user'|'assistant', 'content': str} dicts")
     return messages
 
+# %% ../nbs/11_prompts.ipynb #46751ffa
+_ESCAPE = re.compile(r'\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.?)|\x9b[0-?]*[ -/]*[@-~]?', re.DOTALL)
+_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]')
+
+def printable(text: str) -> str:
+    "`text` without terminal escape sequences and control characters (newlines and tabs kept): safe to print."
+    return _CONTROL.sub('', _ESCAPE.sub('', text))
+
 # %% ../nbs/11_prompts.ipynb #8d3f91c6
 _THEN = re.compile(r'\s*(?:[,;]\s*|\s+)(?:and\s+)?(?:then|after that|afterwards|followed by)\s+', re.IGNORECASE)
 DIRECTION_WORDS = ('to the left', 'to the right', 'left', 'right', 'up', 'down', 'upward', 'upwards', 'downward',
@@ -184,19 +193,31 @@ class ToyDirector:
         return json.dumps(segments)
 
 # %% ../nbs/11_prompts.ipynb #3ed1e210
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ('localhost', 'localhost.'): return True
+    try: return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError: return False
+
 class ChatCompletionsBackend:
     "An OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server, ...)."
     def __init__(self, base_url: str, model: str, api_key: str|None = None, timeout: float = 60.0, retries: int = 2,
-                 backoff: float = 0.5, temperature: float = 0.0, max_tokens: int = 256, seed: int|None = 0, extra: dict|None = None):
+                 backoff: float = 0.5, temperature: float = 0.0, max_tokens: int = 256, seed: int|None = 0, extra: dict|None = None,
+                 max_reply_bytes: int = 2**20, max_retry_wait: float = 30.0):
         import httpx
         if not isinstance(base_url, str) or not re.match(r'^https?://[^/\s]+', base_url):
             raise ValueError(f"base_url must be an http(s) URL such as 'http://localhost:11434/v1', got {base_url!r}")
         if not model: raise ValueError("model must name the served model, e.g. 'llama3.2' for Ollama")
-        if timeout <= 0 or retries < 0: raise ValueError(f"timeout must be > 0 and retries >= 0, got timeout={timeout}, retries={retries}")
+        if not (0 < timeout < math.inf) or retries < 0: raise ValueError(f"timeout must be a finite number of seconds > 0 and retries >= 0, got timeout={timeout}, retries={retries}")
+        if not max_reply_bytes >= 1 or not 0 <= max_retry_wait < math.inf:
+            raise ValueError(f"max_reply_bytes must be >= 1 and max_retry_wait a finite number >= 0, got {max_reply_bytes}, {max_retry_wait}")
         base = base_url.rstrip('/')
         self.url = base if base.endswith('/chat/completions') else base + '/chat/completions'
         self.model, self.timeout, self.retries, self.backoff = model, float(timeout), int(retries), float(backoff)
+        self.max_reply_bytes, self.max_retry_wait = int(max_reply_bytes), float(max_retry_wait)
         self.params = dict(temperature=temperature, max_tokens=max_tokens, **({} if seed is None else dict(seed=seed)), **(extra or {}))
+        url = urlsplit(self.url)
+        if api_key and url.scheme == 'http' and not _is_loopback(url.hostname or ''):
+            warnings.warn(f"the API key goes to {url.hostname} over plain http, readable on the way: use https, or a server on this machine", UserWarning, stacklevel=2)
         headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
         self._httpx = httpx
         self.client = httpx.Client(timeout=httpx.Timeout(self.timeout), headers=headers)
@@ -208,22 +229,50 @@ class ChatCompletionsBackend:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+    def _fetch(self, payload, stop, out):
+        "POST `payload` and read the reply into `out` in chunks: stop early at `stop` or past max_reply_bytes."
+        try:
+            with self.client.stream('POST', self.url, json=payload) as r:
+                out.update(status=r.status_code, headers=r.headers, body=bytearray())
+                if int(r.headers.get('content-length') or 0) > self.max_reply_bytes: out['too_big'] = True; return
+                for chunk in r.iter_bytes():
+                    out['body'] += chunk
+                    if len(out['body']) > self.max_reply_bytes: out['too_big'] = True; return
+                    if stop.is_set(): return
+                out['done'] = True
+        except Exception as e: out['error'] = e
+
+    def _read(self, payload) -> dict:
+        "One request and its whole reply within `timeout` seconds, from connecting to the last byte."
+        stop, out = threading.Event(), {}
+        worker = threading.Thread(target=self._fetch, args=(payload, stop, out), daemon=True)
+        worker.start(); worker.join(self.timeout)
+        if worker.is_alive():
+            stop.set(); raise _Retry(f"no answer within {self.timeout:g} s")
+        if 'error' in out:
+            e = out['error']
+            if isinstance(e, self._httpx.TimeoutException): raise _Retry(f"no answer within {self.timeout:g} s")
+            if isinstance(e, self._httpx.TransportError): raise _Retry(f"cannot reach {self.url} ({type(e).__name__}: {printable(str(e))})")
+            raise e
+        if out.get('too_big'):
+            raise LLMError(f"{self.url} sent a reply of more than {self.max_reply_bytes} bytes (HTTP {out['status']}); reading stopped there. "
+                           "A chat answer is far smaller: check the URL, or raise max_reply_bytes")
+        return out
+
     def _attempt(self, payload):
         "One request: the answer's text, or raise _Retry (worth another try) or LLMError (not)."
-        httpx = self._httpx
-        try: r = self.client.post(self.url, json=payload)
-        except httpx.TimeoutException: raise _Retry(f"no answer within {self.timeout:g} s")
-        except httpx.TransportError as e: raise _Retry(f"cannot reach {self.url} ({type(e).__name__}: {e})")
-        if r.status_code == 429 or r.status_code >= 500:
-            raise _Retry(f"HTTP {r.status_code}: {r.text[:200]}", r.headers.get('retry-after'))
-        if r.status_code >= 400:
-            raise LLMError(f"{self.url} answered HTTP {r.status_code}: {r.text[:300]} "
+        r = self._read(payload)
+        status, text = r['status'], bytes(r['body']).decode('utf-8', errors='replace')
+        if status == 429 or status >= 500:
+            raise _Retry(f"HTTP {status}: {printable(text[:200])}", r['headers'].get('retry-after'))
+        if status >= 400:
+            raise LLMError(f"{self.url} answered HTTP {status}: {printable(text[:300])} "
                            f"(check the base URL, the model name {self.model!r} and the API key)")
         try:
-            content = r.json()['choices'][0]['message']['content']
+            content = json.loads(text)['choices'][0]['message']['content']
             if content is not None and not isinstance(content, str): raise TypeError(f"content is a {type(content).__name__}")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retry(f"malformed reply, not a chat completion ({type(e).__name__}: {e}): {r.text[:200]!r}")
+            raise _Retry(f"malformed reply, not a chat completion ({type(e).__name__}: {e}): {text[:200]!r}")
         return content or ''
 
     def complete(self, messages: list[dict]) -> str:
@@ -234,15 +283,18 @@ class ChatCompletionsBackend:
             try: return self._attempt(payload)
             except _Retry as e:
                 reasons.append(str(e))
-                if attempt < self.retries: time.sleep(e.wait(self.backoff * 2**attempt))
+                if attempt < self.retries: time.sleep(e.wait(self.backoff * 2**attempt, self.max_retry_wait))
         counts = {r: reasons.count(r) for r in reasons}
         raise LLMError(f"{self.name} failed {len(reasons)} time(s): " + '; '.join(r + (f' (x{c})' if c > 1 else '') for r, c in counts.items()))
 
 class _Retry(Exception):
     def __init__(self, msg, retry_after=None): super().__init__(msg); self.retry_after = retry_after
-    def wait(self, default):
-        try: return min(float(self.retry_after), 30.0)
-        except (TypeError, ValueError): return default
+    def wait(self, default: float, most: float) -> float:
+        "Seconds to wait before the next try: the server's Retry-After if it is a sane number of seconds, else `default`; at most `most`."
+        try: s = float(self.retry_after)
+        except (TypeError, ValueError): s = default
+        if not math.isfinite(s) or s < 0: s = default
+        return min(max(s, 0.0), most)
 
 # %% ../nbs/11_prompts.ipynb #23d98d81
 class ChatServer:
@@ -404,9 +456,9 @@ def _who(backend): return getattr(backend, 'name', type(backend).__name__)
 def _ask(backend, messages):
     "The backend's answer, or (None, why it gave none)."
     try: answer = backend.complete(messages)
-    except Exception as e: return None, f"{type(e).__name__}: {e}"          # any failure of the LLM, never the caller's
+    except Exception as e: return None, printable(f"{type(e).__name__}: {e}")   # any failure of the LLM, never the caller's
     if answer is not None and not isinstance(answer, str): return None, f"the backend returned a {type(answer).__name__}, not text"
-    return answer, None
+    return (None if answer is None else printable(answer)), None
 
 @contextlib.contextmanager
 def _backend(spec):
