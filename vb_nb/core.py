@@ -4,19 +4,22 @@
 
 # %% ../nbs/00_core.ipynb #ed1ff37d
 from __future__ import annotations
-import base64, contextlib, io, os, random, tempfile
+import base64, contextlib, io, os, pickle, random, re, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+try: import fcntl
+except ImportError: fcntl = None       # Windows: stale temporaries are recognised by age alone
 
 # %% auto #0
-__all__ = ['default_device', 'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir', 'atomic_path',
-           'atomic_folder', 'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info', 'read_video',
-           'write_video', 'gif_bytes', 'Video', 'show_video', 'frame_grid']
+__all__ = ['MAX_IMAGE_PIXELS', 'default_device', 'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir',
+           'remove_stale_temps', 'atomic_path', 'atomic_folder', 'load_checkpoint', 'sample_frame_indices',
+           'VideoReadError', 'VideoInfo', 'video_info', 'read_video', 'write_video', 'gif_bytes', 'Video', 'show_video',
+           'frame_grid', 'open_image', 'image_to_rgb']
 
 # %% ../nbs/00_core.ipynb #619188e8
 def default_device() -> torch.device:
@@ -62,18 +65,54 @@ def outputs_dir() -> Path:
 def _umask() -> int:
     mask = os.umask(0); os.umask(mask); return mask
 
+_TEMP_NAME = re.compile(r'^\.(.+)\.[a-z0-9_]{8}(\.[^.]*)?$')     # tempfile's names: .<target>.<8 random chars><target's suffix>
+
+def _lock(fd) -> bool:
+    "Take the exclusive lock of an open file or folder if no one holds it (the kernel drops it when its holder dies)."
+    if fcntl is None: return True
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+    except OSError: return False
+
+def _stale(p: Path) -> bool:
+    "Is `p` a temporary file or folder of an atomic write whose writer is gone (killed, or the machine went down)?"
+    m = _TEMP_NAME.match(p.name)
+    if not m or (m.group(2) or '') != Path(m.group(1)).suffix: return False
+    if fcntl is None: return time.time() - p.lstat().st_mtime > 86400
+    try: fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError: return False
+    try: return _lock(fd)                     # a live writer holds its lock until it renames or removes the temporary
+    finally: os.close(fd)
+
+_swept = set()
+
+def remove_stale_temps(folder, once: bool = False) -> list:
+    "Remove what killed atomic writes left in `folder`: hidden temporaries no live writer holds. Returns their paths."
+    import shutil
+    folder = Path(folder)
+    if once and folder.resolve() in _swept: return []
+    _swept.add(folder.resolve())
+    gone = []
+    for e in os.scandir(folder):
+        p = Path(e.path)
+        if e.name.startswith('.') and (e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False)) and _stale(p):
+            shutil.rmtree(p, ignore_errors=True) if e.is_dir(follow_symlinks=False) else p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
 @contextlib.contextmanager
 def atomic_path(path):
     "Yield a temporary path beside `path`; on success rename it over `path`, on error remove it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, once=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
-    os.close(fd); tmp = Path(tmp)
-    tmp.chmod(0o666 & ~_umask())          # mkstemp makes 0600 files; give the usual permissions
+    _lock(fd); tmp = Path(tmp)                # held while we write: no sweep removes a live write
+    tmp.chmod(0o666 & ~_umask())              # mkstemp makes 0600 files; give the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+        os.close(fd)
 
 # %% ../nbs/00_core.ipynb #9ae4f45e
 @contextlib.contextmanager
@@ -81,7 +120,9 @@ def atomic_folder(path):
     "Yield a temporary folder beside `path`; on success it replaces `path` (an old `path` is removed), on error it is removed."
     import shutil
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, once=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.'))
+    fd = os.open(tmp, os.O_RDONLY); _lock(fd)
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -92,6 +133,20 @@ def atomic_folder(path):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+# %% ../nbs/00_core.ipynb #f1bead3b
+def load_checkpoint(path, map_location='cpu'):
+    "`torch.load` of a checkpoint of tensors and plain values (weights_only): a file that would run code on loading is refused."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"refusing to load {str(path)!r}: it holds objects other than tensors and plain values, and unpickling it "
+                         f"could run code ({str(e).strip().splitlines()[-1][:200]}). Delete it to start afresh, or re-save it from "
+                         "a trusted run") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable torch checkpoint (truncated or corrupt?): {e}. Delete it to start afresh") from None
 
 # %% ../nbs/00_core.ipynb #82981a13
 def sample_frame_indices(num_frames: int, n: int, window: int|None = None, start: int|None = None, rng=None) -> np.ndarray:
@@ -246,3 +301,36 @@ def frame_grid(videos, titles=None, n: int|None = 8, size: float = 1.2, suptitle
     if suptitle: fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/00_core.ipynb #8c30ac56
+MAX_IMAGE_PIXELS = 64_000_000        # 8000 x 8000: far more than a prompt needs, far less than fills memory
+
+def open_image(src, max_pixels: int = MAX_IMAGE_PIXELS, name: str|None = None) -> Image.Image:
+    "A decoded PIL image from a path, bytes or a file object; ValueError if unreadable or over `max_pixels` (checked before decoding)."
+    name = name or (repr(str(src)) if isinstance(src, (str, os.PathLike)) else 'the image')
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file(): raise FileNotFoundError(f"{name}: no such file")
+    if isinstance(src, (bytes, bytearray, memoryview)): src = io.BytesIO(bytes(src))
+    too_big = f"resize it to at most {max_pixels:,} pixels (e.g. 2000 x 2000 is plenty for an image prompt)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            image = Image.open(src)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e: raise ValueError(f"{name} is too large to open ({e}): {too_big}") from None
+    except (UnidentifiedImageError, OSError) as e: raise ValueError(f"{name} is not a readable image ({e})") from None
+    w, h = image.size
+    if w * h > max_pixels: raise ValueError(f"{name} is {w} x {h} = {w*h:,} pixels: {too_big}")
+    try: image.load()
+    except (OSError, ValueError) as e: raise ValueError(f"{name} is not a readable image ({e})") from None
+    return image
+
+def image_to_rgb(image: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    "uint8 RGB (H, W, 3) of a PIL image of any mode: upright (EXIF orientation), 16-bit scaled to 8, transparency on white."
+    if image.width * image.height > max_pixels: raise ValueError(f"the image is {image.width} x {image.height} pixels, more than {max_pixels:,}: resize it")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ('I', 'F') or image.mode.startswith('I;16'):
+        a = np.asarray(image).astype(np.float64)
+        image = Image.fromarray((a.clip(0, 65535) / 257).round().astype(np.uint8) if image.mode != 'F' else a.clip(0, 255).round().astype(np.uint8))
+    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (image.mode == 'P' and 'transparency' in image.info):
+        rgba = image.convert('RGBA')
+        image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert('RGB'))
