@@ -24,16 +24,12 @@ __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'EXAMPLES', 'load_image_prom
 def load_image_prompt(image) -> np.ndarray:
     "An image prompt (path, PIL image or array; any mode, any size) as uint8 RGB on a white square (S, S, 3)."
     from vb_nb.dataset import pad_to_square
+    from vb_nb.core import open_image, image_to_rgb
     if isinstance(image, (str, os.PathLike)):
         p = Path(image)
         if not p.exists(): raise FileNotFoundError(f"image prompt {str(p)!r}: no such file")
-        try: image = Image.open(p); image.load()
-        except (UnidentifiedImageError, OSError) as e: raise ValueError(f"image prompt {str(p)!r} is not a readable image ({e})") from None
-    if isinstance(image, Image.Image):
-        if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
-            rgba = image.convert('RGBA'); bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(bg, rgba)
-        arr = np.asarray(image.convert('RGB'))
+        image = open_image(p, name=f"image prompt {str(p)!r}")        # size checked before decoding
+    if isinstance(image, Image.Image): arr = image_to_rgb(image)        # EXIF orientation, 16-bit, transparency on white
     else:
         arr = np.asarray(image.detach().cpu() if torch.is_tensor(image) else image)
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4): arr = arr.transpose(1, 2, 0)   # CHW -> HWC
