@@ -1,5 +1,5 @@
 "Failure injection for the clip module: interrupted training resumes exactly, corrupt or missing weights give clear errors."
-import json
+import json, os
 
 import pytest
 import torch
@@ -25,7 +25,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(vclip, 'clip_pixel_values', interrupt_on_third_step)
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path/'resumed', tmp_path/'resumed.pt')
-    assert torch.load(tmp_path/'resumed.pt', weights_only=False)['step'] == 2      # the two finished steps were kept
+    assert torch.load(tmp_path/'resumed.pt', weights_only=True)['step'] == 2      # the two finished steps were kept
     assert not (tmp_path/'resumed').exists() or not any((tmp_path/'resumed').iterdir())
     monkeypatch.setattr(vclip, 'clip_pixel_values', real)
     small_run(tmp_path/'resumed', tmp_path/'resumed.pt')
@@ -64,3 +64,17 @@ def test_shipped_assets_are_small_and_load():
     model = vclip.load_clip_model()
     assert model.dtype == torch.float32 and not model.training
     assert model.config.text_config.vocab_size == len(vclip.load_tokenizer()) == 49408
+
+
+class RunsCode:
+    "Unpickling this runs a shell command: what a swapped checkpoint could do."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    ck, marker = tmp_path/'ck.pt', tmp_path/'pwned'
+    torch.save(dict(model=RunsCode(marker), step=1), ck)
+    with pytest.raises(ValueError, match='could run code') as e: small_run(tmp_path/'out', ck)
+    assert str(ck) in str(e.value) and not marker.exists()
+    assert not (tmp_path/'out').exists()

@@ -186,3 +186,67 @@ def test_bad_input_is_named(corpus, detector, tmp_path):
     r = subprocess.run([sys.executable, '-c', 'from vb_nb.dataset import main; main()', '--csv', str(bad), '--out', str(tmp_path/'x'),
                         '--videos', str(corpus/'videos')], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'missing column' in r.stderr
+
+
+# --- hostile and broken input -------------------------------------------------------------------------------------------
+class RunsCode:
+    "Unpickling this runs a shell command: what a swapped checkpoint could do."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_detector_checkpoint_that_would_run_code_is_refused(tmp_path):
+    ck, marker = tmp_path/'detector.pt', tmp_path/'pwned'
+    torch.save(dict(model=RunsCode(marker), step=1), ck)
+    frames, boxes, labels = np.zeros((2, 64, 64, 3), np.uint8), np.array([[8, 8, 30, 30]] * 2, np.float32), np.array([1, 1])
+    with pytest.raises(ValueError, match='could run code'):
+        vd.train_toy_detector(vd.toy_detector_model(), frames, boxes, labels, steps=1, checkpoint=ck, progress=False)
+    assert not marker.exists()
+
+
+def _dataset_cli(csv_path, out, *extra, videos=None):
+    args = [sys.executable, '-c', 'from vb_nb.dataset import main; main()', '--csv', str(csv_path), '--out', str(out), '--threads', '1']
+    return subprocess.run(args + (['--videos', str(videos)] if videos else []) + list(extra), capture_output=True, text=True, timeout=300)
+
+
+def test_ids_from_the_csv_never_leave_the_roots(corpus, detector, tmp_path):
+    root = tmp_path/'a'/'b'/'c'/'d'
+    (root/'videos').mkdir(parents=True)
+    outside = tmp_path/'outside.mp4'; outside.write_bytes(next((corpus/'videos').rglob('*.mp4')).read_bytes())
+    row = tw.read_webvid_csv(corpus/'train.csv')[0]
+    def evil_csv(vid, page):
+        with open(tmp_path/'evil.csv', 'w', newline='') as f:
+            w = csv.DictWriter(f, tw.WEBVID_COLUMNS); w.writeheader(); w.writerow({**row, 'videoid': vid, 'page_dir': page})
+        return tmp_path/'evil.csv'
+    r = _dataset_cli(evil_csv('../../../../etc', 'p'), root/'ds', videos=root/'videos')        # the command line ...
+    assert r.returncode == 2 and "evil.csv, line 2: videoid '../../../../etc' is not a plain file name" in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+    for vid, page in [('1', '../../../..'), ('../../../../../outside', ''), ('..', 'p')]:              # ... and the library
+        with pytest.raises(ValueError, match='evil.csv, line 2: .* is not a plain file name'):
+            vd.build_dataset(evil_csv(vid, page), root/'videos', root/'ds', detector, progress=False)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob('*')) == [
+        'a', 'a/b', 'a/b/c', 'a/b/c/d', 'a/b/c/d/videos', 'evil.csv', 'outside.mp4']              # nothing written anywhere
+    with pytest.raises(ValueError, match='not a plain file name'):                                 # nor read
+        vd.find_video(root/'videos', {'videoid': '../../../../../outside', 'page_dir': ''})
+
+
+def test_broken_csv_and_truth_files_are_named(corpus, detector, tmp_path):
+    lines = (corpus/'train.csv').read_text().splitlines(keepends=True)
+    i = lines[3].rindex(','); (tmp_path/'quote.csv').write_text(''.join(lines[:3] + [lines[3][:i + 1] + '"' + lines[3][i + 1:]] + lines[4:]))
+    (tmp_path/'latin1.csv').write_bytes(''.join(lines[:5] + [lines[5].replace(',', ',café ', 1)] + lines[6:]).encode('latin-1'))
+    (tmp_path/'truth.jsonl').write_text('this is not json\n')
+    for csv_path, says in [(tmp_path/'quote.csv', ['quote.csv, line 4: ', 'quote']), (tmp_path/'latin1.csv', ['latin1.csv, line 6: not UTF-8'])]:
+        r = _dataset_cli(csv_path, tmp_path/'ds', videos=corpus/'videos')
+        assert r.returncode == 2 and all(x in r.stderr for x in says) and 'Traceback' not in r.stderr, r.stderr
+        assert not (tmp_path/'ds'/'clips').exists()
+    with pytest.raises(ValueError, match='truth.jsonl, line 1: not JSON'):
+        vd.build_dataset(corpus/'train.csv', corpus/'videos', tmp_path/'ds', detector, truth=tmp_path/'truth.jsonl', progress=False)
+
+
+def test_a_manifest_path_leading_outside_is_refused(reference, tmp_path):
+    import shutil
+    out = tmp_path/'ds'; shutil.copytree(reference[0], out)
+    text = (out/'manifest.csv').read_text()
+    rows = vd.read_manifest(out)
+    (out/'manifest.csv').write_text(text.replace(rows[0]['image_prompt'], '../../../../etc/passwd', 1))
+    with pytest.raises(ValueError, match='leads outside its folder'): vd.VideoPromptDataset(out)

@@ -223,7 +223,7 @@ def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000
     "Pretrain the toy CLIP contrastively on toyworld frames and captions; resumes from `checkpoint`; writes fp16 weights to `out_dir`."
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
-    from vb_nb.core import outputs_dir, seed_everything
+    from vb_nb.core import load_checkpoint, outputs_dir, seed_everything
     from vb_nb.toyworld import make_caption
     out_dir = Path(out_dir or TOY_CLIP_DIR)
     checkpoint = Path(checkpoint or outputs_dir()/'toy_clip'/'checkpoint.pt')
@@ -235,7 +235,7 @@ def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000
     settings = dict(steps=steps, batch_size=batch_size, n_clips=n_clips, lr=lr, seed=seed, width=width)
     rng, step, log = np.random.default_rng(seed), 0, dict(step=[], loss=[], **settings)
     if checkpoint.exists():
-        ck = torch.load(checkpoint, weights_only=False)
+        ck = load_checkpoint(checkpoint)               # tensors and plain values only: nothing in it runs
         differ = {k: (ck['log'][k], v) for k, v in settings.items() if k in ck['log'] and ck['log'][k] != v}
         if differ: raise ValueError(f"the checkpoint {str(checkpoint)!r} was made with other settings (was, now): {differ}; "
                                     "pass the same settings to resume, or delete it to start afresh")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from PIL import Image
 
-from .core import atomic_path, read_video, video_info, VideoReadError, sample_frame_indices, default_device
+from .core import atomic_path, read_video, video_info, VideoReadError, sample_frame_indices, default_device, load_checkpoint
 from . import toyworld as tw
 
 # %% auto #0
@@ -21,9 +21,10 @@ __all__ = ['IRREGULAR_PLURALS', 'TOY_CLASSES', 'TOY_DETECTOR_CONFIG', 'MANIFEST_
            'SubjectMatch', 'KeywordVocab', 'coco_categories', 'coco_vocab', 'toy_vocab', 'to_detector_input',
            'Detector', 'coco_detector', 'ToyBackbone', 'toy_detector_model', 'save_toy_detector', 'toy_detector_asset',
            'load_toy_detector', 'toyworld_detection_data', 'train_toy_detector', 'box_iou_np', 'best_box',
-           'evaluate_detector', 'crop_box', 'pad_to_square', 'make_image_prompt', 'find_video', 'clip_dir',
-           'process_clip', 'read_records', 'write_manifest', 'read_manifest', 'shard_from_env', 'make_detector',
-           'build_dataset', 'shrink_prompt', 'resize_short_side', 'VideoPromptDataset', 'main']
+           'evaluate_detector', 'crop_box', 'pad_to_square', 'make_image_prompt', 'path_part', 'find_video', 'clip_dir',
+           'read_webvid_rows', 'read_truth', 'process_clip', 'read_records', 'write_manifest', 'read_manifest',
+           'shard_from_env', 'make_detector', 'build_dataset', 'shrink_prompt', 'resize_short_side',
+           'VideoPromptDataset', 'main']
 
 # %% ../nbs/03_dataset.ipynb #679fed4b
 IRREGULAR_PLURALS = {'person': ['people', 'persons'], 'man': ['men'], 'woman': ['women'], 'child': ['children'],
@@ -256,7 +257,7 @@ def train_toy_detector(model, frames, boxes, labels, steps: int = 2500, batch_si
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     start, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location='cpu', weights_only=False)
+        ck = load_checkpoint(checkpoint)                    # tensors and plain values only: nothing in it runs
         model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
         start, losses = ck['step'], ck['losses']
     g = torch.Generator().manual_seed(seed)
@@ -340,21 +341,86 @@ def make_image_prompt(frame: np.ndarray, box, mask: np.ndarray | None = None):
 MANIFEST_COLUMNS = ('videoid', 'page_dir', 'caption', 'keyword', 'subject', 'detector_class', 'frame_index', 'box', 'score',
                     'image_prompt', 'prompt_crop', 'mask_json', 'mask_source', 'video', 'status', 'reason')
 
+_NOT_IN_NAMES = re.compile(r'[/\\\x00-\x1f\x7f]')
+
+def path_part(value, what: str = 'name') -> str:
+    "`value` if it names one file or folder inside a root (not empty, '.' or '..'; no separators or control characters), else ValueError."
+    v = str(value)
+    if v in ('', '.', '..') or _NOT_IN_NAMES.search(v):
+        raise ValueError(f"{what} {v!r} is not a plain file name: it could lead outside the dataset's folders "
+                         "(a WebVid videoid is a number and its page_dir one folder name)")
+    return v
+
 def find_video(videos, row: dict) -> Path | None:
     "The video file of a WebVid row: <videos>/<page_dir>/<videoid>.mp4 or <videos>/<videoid>.mp4, None if neither exists."
-    for p in (Path(videos) / row.get('page_dir', '') / f"{row['videoid']}.mp4", Path(videos) / f"{row['videoid']}.mp4"):
+    name = path_part(row['videoid'], 'videoid') + '.mp4'
+    page = path_part(row['page_dir'], 'page_dir') if row.get('page_dir') else ''
+    for p in (Path(videos) / page / name, Path(videos) / name):
         if p.is_file(): return p
     return None
 
 def clip_dir(out, row: dict) -> Path:
     "Where a clip's outputs go: <out>/clips/<page_dir>/<videoid>."
-    return Path(out) / 'clips' / (row.get('page_dir') or '_') / str(row['videoid'])
+    page = path_part(row['page_dir'], 'page_dir') if row.get('page_dir') else '_'
+    return Path(out) / 'clips' / page / path_part(row['videoid'], 'videoid')
 
 def _save_png(arr, path):
     with atomic_path(path) as tmp: Image.fromarray(arr).save(tmp, format='PNG')
 
 def _write_json(obj, path):
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=1))
+
+# %% ../nbs/03_dataset.ipynb #12b21f11
+def _text_lines(f, path):
+    "The lines of a binary file as text; ValueError naming the file and line if one is not UTF-8."
+    for n, raw in enumerate(f, 1):
+        try: yield raw.decode('utf-8-sig' if n == 1 else 'utf-8')
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line): save the file as UTF-8") from None
+
+def read_webvid_rows(path, required=('videoid', 'page_dir', 'name')) -> list:
+    "Rows (dicts) of a WebVid-format CSV, read strictly; errors name the file and line."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no CSV at {str(path)!r}")
+    rows = []
+    with open(path, 'rb') as f:
+        reader, end = csv.reader(_text_lines(f, path), strict=True), 0
+        try:
+            header = next(reader, None) or []
+            missing = [c for c in required if c not in header]
+            if missing: raise ValueError(f"{path} is not a WebVid CSV: missing column(s) {missing} (it has {header})")
+            end = reader.line_num
+            for rec in reader:
+                start, end = end + 1, reader.line_num
+                if start != end: raise ValueError(f"{path}, line {start}: a quoted field runs on to line {end}, taking the rows between with it "
+                                                  "(an unterminated quote?): close the quote; a WebVid row is one line")
+                if not rec: continue
+                if len(rec) != len(header): raise ValueError(f"{path}, line {start}: {len(rec)} fields for {len(header)} columns")
+                row = dict(zip(header, rec))
+                try: clip_dir('.', row)                      # ids that are plain names, or ValueError
+                except ValueError as e: raise ValueError(f"{path}, line {start}: {e}; fix or remove the row") from None
+                rows.append(row)
+        except csv.Error as e:
+            if 'end of data' in str(e): raise ValueError(f"{path}, line {end + 1}: a quoted field runs on to the end of the file, taking "
+                                                         "the rows after it with it (an unterminated quote?): close the quote") from None
+            raise ValueError(f"{path}, line {end + 1}: not valid CSV ({e}): an unterminated quote on this line or the ones before?") from None
+    return rows
+
+def read_truth(path) -> dict:
+    "Toyworld ground-truth records (a .jsonl of JSON objects), keyed by video id; errors name the file and line."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no ground truth at {str(path)!r}: give the <split>_ground_truth.jsonl that vb_nb_toyworld wrote")
+    truth = {}
+    with open(path, 'rb') as f:
+        for n, line in enumerate(_text_lines(f, path), 1):
+            if not line.strip(): continue
+            try: r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not JSON ({e.msg}): the ground truth is the .jsonl that vb_nb_toyworld wrote, one JSON object a line") from None
+            if not isinstance(r, dict) or 'videoid' not in r or 'spec' not in r:
+                raise ValueError(f"{path}, line {n}: not a toyworld ground-truth record (a JSON object with 'videoid' and 'spec')")
+            truth[r['videoid']] = r
+    return truth
 
 # %% ../nbs/03_dataset.ipynb #e42b6027
 def process_clip(row: dict, videos, out, detector: Detector, vocab: KeywordVocab, truth: dict | None = None,
@@ -455,15 +521,14 @@ def build_dataset(csv_path, videos, out, detector: Detector | str = 'toy', vocab
     from tqdm.auto import tqdm
     out, videos = Path(out), Path(videos)
     if not videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(videos)!r} (expected <videos>/<page_dir>/<videoid>.mp4)")
-    rows = tw.read_webvid_csv(csv_path)[:limit]
+    rows = read_webvid_rows(csv_path)[:limit]
     env_shard, env_n = shard_from_env()
     shard, num_shards = (env_shard if shard is None else shard), (env_n if num_shards is None else num_shards)
     if not 0 <= shard < num_shards: raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
     if isinstance(detector, str): detector = make_detector(detector)
     vocab = vocab or (toy_vocab() if detector.classes == TOY_CLASSES else coco_vocab())
     vocab.check_classes(detector.classes)
-    if isinstance(truth, (str, Path)):
-        truth = {r['videoid']: r for r in map(json.loads, Path(truth).read_text().splitlines()) if r}
+    if isinstance(truth, (str, Path)): truth = read_truth(truth)
     settings = dict(detector=detector.name, vocab=vocab.name, n_frames=n_frames, score_thresh=score_thresh, min_box=min_box,
                     mask_prompt=mask_prompt, truth_masks=truth is not None)
     meta_path = out / 'build.json'
@@ -523,6 +588,10 @@ class VideoPromptDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.rows = read_manifest(self.root, status='ok')
         if not self.rows: raise ValueError(f"{self.root} has no usable clips (status 'ok') in its manifest")
+        for r in self.rows:                                   # paths from a file: they must stay inside their folders
+            for k in ('video', 'image_prompt'):
+                if Path(r[k]).is_absolute() or '..' in Path(r[k]).parts:
+                    raise ValueError(f"{self.root / 'manifest.csv'}: the {k} of {r['videoid']!r}, {r[k]!r}, leads outside its folder")
         meta = json.loads((self.root / 'build.json').read_text()) if (self.root / 'build.json').exists() else {}
         self.videos = Path(videos or meta.get('videos') or '')
         if not self.videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(self.videos)!r}: pass videos=")
