@@ -42,3 +42,28 @@ def test_write_refuses_bad_frames(tmp_path):
     with pytest.raises(ValueError, match='mp4 or .gif'):
         Video(np.zeros((2, 8, 8, 3), np.uint8)).save(tmp_path/'x.avi')
     assert list(tmp_path.iterdir()) == []
+
+
+WRITER = """
+import sys, time
+from vb_nb.core import atomic_path
+with atomic_path(sys.argv[1]) as t:
+    t.write_bytes(b'half a video'); print('writing', flush=True); time.sleep(60)
+"""
+
+
+def test_a_killed_write_is_swept_by_the_next_one_and_a_live_one_is_not(tmp_path, clip):
+    import os, signal, subprocess, sys
+    _, v = clip
+    out = tmp_path/'runs'; out.mkdir()
+    writers = [subprocess.Popen([sys.executable, '-c', WRITER, str(out/name)], stdout=subprocess.PIPE, text=True) for name in ('dead.mp4', 'live.mp4')]
+    try:
+        for w in writers: assert w.stdout.readline() == 'writing\n'
+        writers[0].send_signal(signal.SIGKILL); writers[0].wait()              # killed mid-write: no cleanup ran
+        temps = sorted(p.name for p in out.iterdir())
+        assert len(temps) == 2 and all(n.startswith(('.dead.mp4.', '.live.mp4.')) and n.endswith('.mp4') for n in temps)
+        write_video(v, out/'next.mp4')                                           # the next write into the folder
+        left = sorted(p.name for p in out.iterdir())
+        assert left == sorted([n for n in temps if n.startswith('.live')] + ['next.mp4']), left   # the live write's temporary stays
+    finally:
+        for w in writers: w.kill(); w.wait()

@@ -90,6 +90,7 @@ def remove_stale_temps(folder, once: bool = False) -> list:
     import shutil
     folder = Path(folder)
     if once and folder.resolve() in _swept: return []
+    if len(_swept) > 4096: _swept.clear()           # a dataset build writes into millions of folders: remember only the recent ones
     _swept.add(folder.resolve())
     gone = []
     for e in os.scandir(folder):

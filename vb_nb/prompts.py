@@ -631,7 +631,7 @@ def main(argv=None):
     ap.add_argument('--refine', default='director', help="none | director | MODEL@http://HOST:PORT/v1 | folder of a transformers causal LM")
     ap.add_argument('--mode', default='decompose', choices=['decompose', 'refine'])
     ap.add_argument('--api-key-env', default=None, help='environment variable holding the API key of an HTTP backend')
-    ap.add_argument('--timeout', type=float, default=60.0, help='seconds to wait for an HTTP backend')
+    ap.add_argument('--timeout', type=float, default=60.0, help='seconds each try of an HTTP backend may take, from connecting to the last byte')
     ap.add_argument('--json', action='store_true', help='print the plan as JSON')
     a = ap.parse_args(argv)
     options = {}
