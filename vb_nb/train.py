@@ -4,26 +4,29 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import copy, json, math, os, re, shutil, time, warnings
-from dataclasses import dataclass, asdict, fields
+import contextlib, copy, json, math, os, random, re, shutil, time, types, warnings
+from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast, reduce, extract_model_from_parallel
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 
-from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path
+from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file
 
 # %% auto #0
-__all__ = ['STAGES', 'DETERMINERS', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints',
-           'save_checkpoint', 'load_checkpoint', 'NonFiniteLoss', 'fit', 'toy_training_data', 'random_batch',
-           'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target', 'TextToVideo',
-           'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
-           'toy_dir', 'build_stage_model', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage',
-           'write_summary', 'hardware', 'ship_toy_model', 'main']
+__all__ = ['STAGES', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state',
+           'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints', 'load_checkpoint', 'NonFiniteLoss',
+           'make_accelerator', 'autocast_dtype', 'average_gradients', 'fit', 'toy_training_data', 'random_batch',
+           'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target',
+           'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss',
+           'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing',
+           'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware',
+           'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
@@ -45,8 +48,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     seed: int = 0
-    num_frames: int = 8
-    size: int = 64                    # frame size in pixels
+    num_frames: int = 0               # frames per clip; 0: 8 for the toy model (a pretrained base needs it given)
+    size: int = 0                     # frame size in pixels; 0: the model's own, its VAE's sample_size (64 toy, 512 for SD 1.5)
     text_dropout: float = 0.1         # classifier-free guidance: probability of an empty prompt
     image_dropout: float = 0.1        # ... and of no image prompt
     mapper_reg: float = 0.01          # weight of mean |mapper tokens| (VideoBooth's stage-1 regulariser)
@@ -57,11 +60,15 @@ class TrainConfig:
     noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
     motion_text: bool = False         # base: train the motion modules' text path along (model.add_text_to_motion_modules; the motion_text stage trains a new one alone); a given --unet keeps its own. Others: the base's
     min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
+    gradient_checkpointing: bool = False   # recompute the UNet's resnets and motion modules (their attention too) in the backward pass: less memory, more time
+    num_workers: int = 0              # DataLoader processes that decode the next batches while the model trains (0: the training process decodes)
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for f in ('max_steps', 'batch_size', 'grad_accum', 'checkpoint_every', 'keep_checkpoints', 'num_frames'):
+        for f in ('max_steps', 'batch_size', 'grad_accum', 'checkpoint_every', 'keep_checkpoints'):
             if getattr(self, f) < 1: raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        for f in ('num_frames', 'size', 'num_workers'):
+            if getattr(self, f) < 0: raise ValueError(f"{f} must be >= 0 (0: the default), got {getattr(self, f)}")
         if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
@@ -82,9 +89,9 @@ class TrainConfig:
         return cls(**d)
 
 # %% ../nbs/08_train.ipynb #e47bcacf
-def step_seed(seed: int, micro_step: int, process: int = 0) -> int:
-    "A seed for one micro-step of one process, derived from the run's seed."
-    return int(np.random.SeedSequence([seed, micro_step, process]).generate_state(1)[0])
+def step_seed(seed: int, micro_step: int, process: int = 0, stream: int = 0) -> int:
+    "A seed for one micro-step of one process, derived from the run's seed (stream 1: the batch drawn at that step)."
+    return int(np.random.SeedSequence([seed, micro_step, process] + ([stream] if stream else [])).generate_state(1)[0])
 
 # %% ../nbs/08_train.ipynb #lrfn0001
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -118,6 +125,13 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: lis
     for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
     return final
 
+def clean_partial_checkpoints(out_dir) -> list[Path]:
+    "Remove the .tmp_step_N folders a run killed while writing a checkpoint left in out_dir/checkpoints; return them."
+    d = Path(out_dir)/'checkpoints'
+    gone = sorted(p for p in d.glob('.tmp_step_*') if p.is_dir()) if d.is_dir() else []
+    for p in gone: shutil.rmtree(p, ignore_errors=True)
+    return gone
+
 def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, list]:
     "Restore trainable weights (and optimizer, scheduler) from a checkpoint; return (step, losses)."
     path = Path(path)
@@ -129,7 +143,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, l
     with torch.no_grad():
         for n, w in weights.items(): params[n].copy_(w)
     if optimizer is not None or scheduler is not None:
-        st = torch.load(path/'optimizer.pt', weights_only=False)
+        st = load_torch_file(path/'optimizer.pt', map_location='cpu')   # tensors and plain data only; the optimizer moves its state to its parameters' device
         if optimizer is not None: optimizer.load_state_dict(st['optimizer'])
         if scheduler is not None: scheduler.load_state_dict(st['scheduler'])
     state = json.loads((path/'state.json').read_text())
@@ -139,46 +153,82 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, l
 class NonFiniteLoss(RuntimeError):
     "The loss became NaN or infinite."
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    "The run's Accelerator. Started by torchrun on a machine without CUDA, it joins the other processes over gloo (accelerate does so only when told the run is on the CPU)."
+    several = int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=several)
+
+def autocast_dtype(acc: Accelerator) -> torch.dtype:
+    "The dtype matrix products run in under `acc.autocast()`: bf16 or fp16, or fp32 where the device has no autocast for the run's precision (fp16 on a CPU)."
+    x = torch.ones(2, 2, device=acc.device)
+    with acc.autocast(): return (x @ x).dtype
+
+def average_gradients(params: list, acc: Accelerator):
+    "Average the gradients of `params` over the processes in one all-reduce (a parameter without a gradient counts as zero)."
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.flatten().float() for g in grads]), 'mean')
+    for p, g in zip(params, flat.split([g.numel() for g in grads])): p.grad = g.view_as(p).to(p.dtype)
+
+def _check_same_weights(params: list, acc: Accelerator, step: int):
+    "Stop if the processes' trainable weights have drifted apart (they get the same averaged gradients, so they never should)."
+    sums = acc.gather(torch.stack([p.detach().double().sum() for p in params])[None])
+    if not (sums == sums[0]).all(): raise RuntimeError(f"the processes' weights differ at step {step}: their gradients were not averaged alike")
+
 def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
         accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
     "Train the trainable parameters of `model` for cfg.max_steps optimizer steps; return the loss per step."
-    acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    acc = accelerator or make_accelerator(cfg)
+    model.to(acc.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no trainable parameters: select a stage's set first")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+    if acc.is_main_process:
+        for p in clean_partial_checkpoints(cfg.out_dir): print(f"removed {p}: a checkpoint whose writing was interrupted")
+    acc.wait_for_everyone()
     step, losses, earlier = 0, [], 0.0
     last = checkpoints(cfg.out_dir)
     if resume and last:
         step, losses = load_checkpoint(last[-1], model, opt, sched)
         earlier = json.loads((last[-1]/'state.json').read_text()).get('seconds', 0.0)   # training time of the interrupted runs
         if acc.is_main_process: print(f"resuming from {last[-1]} (step {step})")
-    wrapped, opt, sched = acc.prepare(model, opt, sched)
-    wrapped.train()
+    opt, sched = acc.prepare(opt, sched)
+    many = acc.num_processes > 1
+    if many:                                                  # every process starts from process 0's weights
+        with torch.no_grad():
+            flat = broadcast(torch.cat([p.detach().flatten().float() for p in params]), from_process=0)
+            for p, w in zip(params, flat.split([p.numel() for p in params])): p.copy_(w.view_as(p))
+    model.train()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, desc=cfg.stage)
     start = time.time()
     while step < cfg.max_steps:
         total = 0.0
         for micro in range(cfg.grad_accum):
             seed_everything(step_seed(cfg.seed, step * cfg.grad_accum + micro, acc.process_index))
-            batch = batch_fn(step * cfg.grad_accum + micro)
-            with acc.accumulate(wrapped), acc.autocast():
-                loss = loss_fn(wrapped, batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step} of stage {cfg.stage!r}; "
+            batch = batch_fn(step * cfg.grad_accum + micro)          # the loss moves what it needs to the model's device
+            with acc.accumulate(model), acc.autocast():
+                loss = loss_fn(model, batch)
+                bad = ~torch.isfinite(loss.detach().float())
+                if many: bad = reduce(bad.float(), 'sum') > 0      # every process stops together
+                if bad:
+                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step} of stage {cfg.stage!r} (on some process); "
                                         f"the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
                 if loss.requires_grad: acc.backward(loss)   # a batch whose conditions leave the trainable set out has no gradient
-                if acc.sync_gradients: acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                if acc.sync_gradients:
+                    if many: average_gradients(params, acc)
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             total += loss.detach().float() / cfg.grad_accum
         step += 1
         losses.append(acc.gather(total.reshape(1)).mean().item())
         bar.update(1); bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            acc.wait_for_everyone()
+            if many: _check_same_weights(params, acc, step)
             if acc.is_main_process:
-                ck = save_checkpoint(cfg.out_dir, step, acc.unwrap_model(wrapped), opt, sched, losses, cfg, seconds=earlier + time.time() - start)
-                if on_checkpoint is not None: on_checkpoint(step, ck)
+                ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=earlier + time.time() - start)
+                if on_checkpoint is not None:
+                    with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
+            acc.wait_for_everyone()
     bar.close()
     return losses
 
@@ -192,11 +242,81 @@ def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: b
     build_dataset(csv, root/'corpus'/'videos', root/'dataset', detector='toy', truth=root/'corpus'/'train_ground_truth.jsonl', progress=progress)
     return root/'dataset'
 
-def random_batch(dataset, batch_size: int) -> dict:
-    "A batch of `batch_size` random items (drawn with torch's global generator), collated: tensors stacked, strings listed."
-    idx = torch.randint(len(dataset), (batch_size,)).tolist()
-    items = [dataset[i] for i in idx]
+def _collate(items: list) -> dict:
     return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items] for k in items[0]}
+
+def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
+    "A batch of `batch_size` random items (drawn with torch's global generator), collated: tensors stacked, strings listed. With `skip` (index -> error), an item that cannot be read is noted there and replaced by the next readable one; the batch's '_skipped' lists those found now."
+    idx = torch.randint(len(dataset), (batch_size,)).tolist()
+    if skip is None: return _collate([dataset[i] for i in idx])
+    items, found = [], {}
+    for i in idx:
+        for _ in range(len(dataset)):
+            if i not in skip:
+                try: items.append(dataset[i]); break
+                except Exception as e:            # a corrupt or missing video: whatever its reader raises
+                    skip[i] = found[i] = f"{type(e).__name__}: {e}"[:300]
+            i = (i + 1) % len(dataset)
+        else: raise RuntimeError(f"no item of the dataset can be read (the last error: {skip[i]}); check the videos folder")
+    return {**_collate(items), '_skipped': found}
+
+
+@contextlib.contextmanager
+def _own_rng(seed: int):
+    "Seed Python, NumPy and torch for the block, then give them back their previous states."
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    seed_everything(seed)
+    try: yield
+    finally: random.setstate(states[0]); np.random.set_state(states[1]); torch.random.set_rng_state(states[2])
+
+class _StepBatches(torch.utils.data.Dataset):
+    "Item i: the batch of micro-step start + i, drawn with that step's own seed, so whichever worker decodes it draws the same."
+    def __init__(self, dataset, batch_size, seed, process, start, skip):
+        self.dataset, self.batch_size, self.seed, self.process, self.start, self.skip = dataset, batch_size, seed, process, start, skip
+    def __len__(self): return 2**31
+    def __getitem__(self, i):
+        with _own_rng(step_seed(self.seed, self.start + i, self.process, stream=1)):
+            batch = random_batch(self.dataset, self.batch_size, self.skip)
+        mean, std = getattr(self.dataset, 'clip_mean', None), getattr(self.dataset, 'clip_std', None)
+        if 'clip_pixel_values' in batch and mean is not None:   # the image prompt CLIP was given, back in [0, 1] at its 224 px
+            batch['clip_images'] = (batch['clip_pixel_values'] * std + mean).clamp(0, 1)
+        return batch
+
+class Batches:
+    "fit's batch_fn: micro-step k's batch, decoded ahead by `num_workers` DataLoader processes. A clip that cannot be read is skipped with a warning and recorded in <out_dir>/skipped.json, which a resumed run reads."
+    def __init__(self, dataset, batch_size: int, seed: int = 0, out_dir=None, num_workers: int = 0, process: int = 0, record: bool = True):
+        self.dataset, self.batch_size, self.seed, self.num_workers, self.process, self.record = dataset, batch_size, seed, num_workers, process, record
+        self.file = Path(out_dir)/'skipped.json' if out_dir else None
+        self.skipped = self._read()
+        self.skip = {int(i): e['error'] for i, e in self.skipped.items()}
+        self._it, self._next = None, None
+
+    def _video(self, i): rows = getattr(self.dataset, 'rows', None); return rows[i].get('video') if rows is not None else None
+
+    def _read(self) -> dict:
+        if not (self.file and self.file.is_file()): return {}
+        try: saved = json.loads(self.file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{self.file} is not the JSON a run writes ({e}); remove it to try every clip again") from e
+        n = len(self.dataset)   # entries of another dataset (another index or video) are left out
+        return {i: e for i, e in saved.items() if i.isdigit() and int(i) < n and e.get('video') == self._video(int(i))}
+
+    def __call__(self, k: int) -> dict:
+        if self._it is None or k != self._next:
+            ds = _StepBatches(self.dataset, self.batch_size, self.seed, self.process, k, dict(self.skip))
+            self._it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
+            self._next = k
+        batch = next(self._it); self._next += 1
+        new = {i: e for i, e in batch.pop('_skipped').items() if i not in self.skip}
+        if new:
+            self.skip.update(new)
+            for i, e in new.items():
+                self.skipped[str(i)] = dict(video=self._video(i), error=e)
+                warnings.warn(f"skipped clip {i} ({self._video(i)}), which cannot be read: {e}" + (f"; recorded in {self.file}" if self.file and self.record else ''))
+            if self.file and self.record:
+                with atomic_path(self.file) as tmp: tmp.write_text(json.dumps(self.skipped, indent=1))
+        return batch
+
+    def close(self): self._it = None      # the DataLoader's workers end with their iterator
 
 # %% ../nbs/08_train.ipynb #5c4c9a6b
 def vae_loss(vae, batch, kl_weight: float = 1e-6) -> torch.Tensor:
@@ -255,12 +375,12 @@ class TextToVideo(torch.nn.Module):
     def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
         "Diffusion MSE (epsilon or v, as the noise scheduler predicts) on a batch of clips and captions, at timesteps from `min_timestep` on."
         from vb_nb.clip import encode_text
-        latents = video_latents(self.vae, batch['pixel_values'])
+        latents = video_latents(self.vae, batch['pixel_values']).float()     # the VAE may be stored in bf16 / fp16: the noise is added in fp32
         noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
         prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
-        return torch.nn.functional.mse_loss(pred, diffusion_target(self.noise_scheduler, latents, noise, t))
+        return torch.nn.functional.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t))
 
 # %% ../nbs/08_train.ipynb #wgfn0001
 def swap_words(text: str, a: str, b: str) -> str:
@@ -311,15 +431,19 @@ def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_
                     mapper_reg: float = TrainConfig.mapper_reg, appearance_dropout: float = TrainConfig.appearance_dropout) -> torch.Tensor:
     "Stage loss of a VideoBooth model on a batch (defaults: TrainConfig's): diffusion MSE over the three conditions plus the mapper regulariser."
     if stage not in (1, 2, 'joint'): raise ValueError(f"stage must be 1, 2 or 'joint', got {stage!r}")
-    latents = video_latents(model.vae, batch['pixel_values'])
-    noise, t, noisy = diffusion_inputs(latents, model.noise_scheduler)
-    images = (batch['vae_pixel_values'] + 1) / 2
+    inner = extract_model_from_parallel(model)          # attributes live on the model itself; calls go through `model`
+    latents = video_latents(inner.vae, batch['pixel_values']).float()
+    noise, t, noisy = diffusion_inputs(latents, inner.noise_scheduler)
+    vae_images = (batch['vae_pixel_values'] + 1) / 2
+    images = batch.get('clip_images', vae_images)       # CLIP's image prompt: the dataset's 224-px crop when the batch has it
+    f = inner.vae_scale_factor
+    image_latents = None if stage == 1 else inner.image_latents(vae_images, (noisy.shape[-2] * f, noisy.shape[-1] * f)).float()
     cond = draw_conditions(len(t), text_dropout, image_dropout)
     plain = (torch.rand(len(t)) < appearance_dropout).tolist()
     prompts = [('' if k == 2 else drop_subject_modifiers(c, s) if k == 0 and p else c)
                for c, s, k, p in zip(batch['caption'], batch['subject'], cond.tolist(), plain)]
     tokens = []
-    hook = model.adapter.mapper.register_forward_hook(lambda m, a, out: tokens.append(out))
+    hook = inner.adapter.mapper.register_forward_hook(lambda m, a, out: tokens.append(out))
     try:
         pred = torch.empty_like(noise)
         if stage == 1:            # one call: the base's stock attention, splice per clip
@@ -328,10 +452,10 @@ def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_
             for rows, attn1 in [((cond == 0).nonzero().flatten(), 'inject'), ((cond > 0).nonzero().flatten(), 'cross')]:
                 if len(rows) == 0: continue
                 sub = lambda xs: [xs[i] for i in rows.tolist()]
-                pred[rows] = model(noisy[rows], t[rows], sub(prompts), sub(batch['subject']), images[rows],
-                                   splice=attn1 == 'inject', attn1=attn1)
+                pred[rows] = model(noisy[rows], t[rows], sub(prompts), sub(batch['subject']), images[rows], image_latents[rows],
+                                   splice=attn1 == 'inject', attn1=attn1).to(pred.dtype)      # under autocast the UNet answers in bf16 / fp16
     finally: hook.remove()
-    loss = torch.nn.functional.mse_loss(pred, diffusion_target(model.noise_scheduler, latents, noise, t))
+    loss = torch.nn.functional.mse_loss(pred.float(), diffusion_target(inner.noise_scheduler, latents, noise, t))
     if tokens and mapper_reg: loss = loss + mapper_reg * torch.cat([x.flatten() for x in tokens]).abs().mean()
     return loss
 
@@ -343,7 +467,8 @@ class StageInputs:
     vae: str = ''              # toy VAE folder; default outputs/toy/vae/final
     unet: str = ''             # toy base UNet folder (the base stage goes on training it if given, motion_text gives it a new text path); default outputs/toy/base/final
     text_layers: str = ''      # base: the toy text tower's layers to train with (clip notebook); default the --unet's own, else the toy CLIP's
-    adapter: str = ''          # adapter to start from (fine stage); default outputs/toy/coarse/final
+    adapter: str = ''          # adapter to start from (fine stage); toy default outputs/toy/coarse/final, with a pretrained base it must be named
+    from_scratch: bool = False # fine stage: start a new adapter instead of going on from a coarse one
     base: str = ''             # real scale: SD-1.5-style folder or hub id (unet/ vae/ text_encoder/ tokenizer/)
     motion_adapter: str = ''   # real scale: AnimateDiff motion adapter folder or hub id
     image_encoder: str = ''    # real scale: CLIP vision folder or hub id
@@ -369,8 +494,12 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
     if stage != 'base' and (inputs.text_layers or noise_schedule or motion_text):
         raise ValueError(f"text layers, the noise schedule and the motion-text path belong to the base: the {stage} stage takes them from the base's folder "
                          "(drop --text-layers, --noise-schedule, --motion-text)")
+    if inputs.adapter and inputs.from_scratch: raise ValueError("give --adapter or --from-scratch, not both")
     if inputs.base:
         if stage in ('vae', 'base', 'motion_text'): raise ValueError("with a pretrained base (base=...), train only the coarse, fine or joint stage")
+        if stage == 'fine' and not (inputs.adapter or inputs.from_scratch):
+            raise ValueError("the fine stage goes on from the coarse stage's adapter: name it with --adapter (a coarse run writes it to <its --out>/final, "
+                             "by default outputs/coarse/final), or give --from-scratch to start a new one")
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
                                            adapter=inputs.adapter or None if stage == 'fine' else None,
                                            **({} if stage == 'fine' else dict(splice_mode=splice_mode)))
@@ -393,11 +522,71 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
             unet.requires_grad_(False); path.requires_grad_(True)
             return TextToVideo(unet, vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
         model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
-                                          _final(inputs.adapter, 'coarse') if stage == 'fine' else None, splice_mode=splice_mode)
+                                          _final(inputs.adapter, 'coarse') if stage == 'fine' and not inputs.from_scratch else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
         model.ctx.posenc = posenc; model.adapter.register_to_config(posenc=posenc)
     model.set_stage({'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage])
     return model
+
+TOY_FRAMES = 8   # frames per clip of the toy runs
+
+def resolve_config(cfg: TrainConfig, model, inputs: StageInputs) -> TrainConfig:
+    "cfg with size and num_frames filled in where 0: the size is the model's (its VAE's sample_size), the toy runs take 8 frames and a pretrained base needs them given."
+    vae = model if cfg.stage == 'vae' else getattr(model, 'vae', None)
+    size = cfg.size or getattr(getattr(vae, 'config', None), 'sample_size', None)
+    if not size: raise ValueError("the model does not say its frame size (no VAE sample_size): give --size")
+    if isinstance(size, (list, tuple)): size = size[0]
+    if not cfg.num_frames and inputs.base:
+        raise ValueError("a pretrained base trains on as many frames as you give it: add --num-frames (AnimateDiff's motion modules learned 16 frames)")
+    return replace(cfg, size=int(size), num_frames=cfg.num_frames or TOY_FRAMES)
+
+def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype, keep: tuple = ()) -> int:
+    "Store the frozen floating-point parameters of `model` in `dtype` (the autocast dtype: autocast would cast them at every use), except those of the `keep` modules; return how many."
+    kept = {id(p) for m in keep for p in m.parameters()}
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and id(p) not in kept: p.data = p.data.to(dtype); n += 1
+    return n
+
+def _state_of_call(states: list):
+    "A checkpoint context_fn: in the recomputation, `states` (objects a UNet call leaves per-call values in) hold what they held in the forward."
+    def context_fn():
+        saved = [dict(vars(o)) for o in states]
+        @contextlib.contextmanager
+        def restored():
+            now = [dict(vars(o)) for o in states]
+            for o, s in zip(states, saved): vars(o).update(s)
+            try: yield
+            finally:
+                for o, s in zip(states, now): vars(o).clear(); vars(o).update(s)
+        return contextlib.nullcontext(), restored()
+    return context_fn
+
+def _recomputed_forward(self, *args, **kwargs):
+    "A motion module's forward that recomputes itself in the backward pass (bound to the module by enable_checkpointing)."
+    if not torch.is_grad_enabled(): return type(self).forward(self, *args, **kwargs)
+    return self._checkpoint_fn(type(self).forward.__get__(self), *args, **kwargs)
+
+def enable_checkpointing(model) -> int:
+    "Gradient checkpointing for a stage's model: the UNet's resnets and its motion modules (their attention and text path included), and the spatial transformers of a base without VideoBooth's injection; return how many modules recompute."
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from vb_nb.model import motion_text_processors
+    if not hasattr(model, 'unet'):
+        model.enable_gradient_checkpointing(); return sum(getattr(m, 'gradient_checkpointing', False) is True for m in model.modules())   # the VAE
+    unet = model.unet
+    states = list({id(p.ctx): p.ctx for p in motion_text_processors(unet).values()}.values())
+    context_fn = _state_of_call(states)
+    def fn(module, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+    unet.enable_gradient_checkpointing(fn)             # diffusers: the resnets, and the mid block's motion modules
+    injected = hasattr(model, 'ctx')                   # VideoBooth: its attn1 processors read the state of the step, not the call
+    for m in unet.modules():
+        if injected and isinstance(m, Transformer2DModel): m.gradient_checkpointing = False
+    for block in [*unet.down_blocks, *unet.up_blocks]:  # diffusers leaves the motion modules of these blocks out
+        for mm in getattr(block, 'motion_modules', []):
+            mm._checkpoint_fn = fn
+            mm.forward = types.MethodType(_recomputed_forward, mm)
+    return sum(getattr(m, 'gradient_checkpointing', False) is True for m in unet.modules()) + sum('_checkpoint_fn' in vars(m) for m in unet.modules())
 
 def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     "loss_fn(model, batch) of a stage."
@@ -423,8 +612,8 @@ def save_final(stage: str, model, folder) -> Path:
 # %% ../nbs/08_train.ipynb #smpfn001
 SAMPLE_PROMPT = ('red_checkered_star', 'a star drifts to the left, then up over green grass')   # bundled example image, text
 
-def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10):
-    "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint to out_dir/samples (None for the VAE or steps=0)."
+def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
+    "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
     if stage == 'vae' or steps < 1: return None
     import copy
     from vb_nb.model import VideoBooth
@@ -441,7 +630,7 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10):
             vb, opts = model, {}
             if stage == 'coarse': model.adapter.register_to_config(trained_stage='coarse')   # the sampler's attention for a coarse adapter, as train_stage marks it
         was = model.training
-        try: video = generate(image, prompt, model=vb.eval(), steps=steps, refine=None, progress=False, **opts)
+        try: video = generate(image, prompt, model=vb.eval(), steps=steps, refine=None, progress=False, num_frames=num_frames, height=size, width=size, **opts)
         finally: model.train(was)
         path = Path(out_dir)/'samples'/f'step_{step:07d}.gif'
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,27 +642,40 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     "Train one stage end to end; return (model, losses)."
     from vb_nb.dataset import VideoPromptDataset
     inputs = inputs or StageInputs()
-    model = model if model is not None else build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule, cfg.motion_text)   # first: its errors cost nothing
+    acc = accelerator or make_accelerator(cfg)
+    if model is None:
+        seed_everything(cfg.seed)       # the new weights start from the run's seed: two identical commands start equal
+        model = build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule, cfg.motion_text)   # first: its errors cost nothing
+    cfg = resolve_config(cfg, model, inputs)
+    if cfg.gradient_checkpointing: enable_checkpointing(model)
+    low = autocast_dtype(acc)
+    if low != torch.float32:    # autocast computes in it anyway: half the memory of the frozen weights; not those the stage saves with its result
+        store_frozen_in(model.vae if cfg.stage in ('base', 'motion_text') else model, low, keep=(model.adapter,) if hasattr(model, 'adapter') else ())
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
+    batches = Batches(dataset, cfg.batch_size, cfg.seed, cfg.out_dir, cfg.num_workers, acc.process_index, record=acc.is_main_process)
     start = time.time()
-    losses = fit(cfg, model, stage_loss(cfg.stage, cfg), lambda micro: random_batch(dataset, cfg.batch_size), resume=resume, accelerator=accelerator,
-                 on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps))
+    try:
+        losses = fit(cfg, model, stage_loss(cfg.stage, cfg), batches, resume=resume, accelerator=acc,
+                     on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps, cfg.num_frames, cfg.size))
+    finally: batches.close()
     if cfg.stage == 'vae':
-        frames = random_batch(dataset, 16)['pixel_values'].flatten(0, 1)
+        frames = random_batch(dataset, 16, skip=dict(batches.skip))['pixel_values'].flatten(0, 1).to(acc.device)
         print(f"latent scale: {set_latent_scale(model.eval(), frames):.4f}")
     if cfg.stage in ('coarse', 'fine', 'joint'): model.adapter.register_to_config(trained_stage=cfg.stage)   # tells the sampler which attention to use
-    save_final(cfg.stage, model, Path(cfg.out_dir)/'final')
-    write_summary(cfg, losses, time.time() - start)
+    if acc.is_main_process:
+        save_final(cfg.stage, model, Path(cfg.out_dir)/'final')
+        write_summary(cfg, losses, time.time() - start, acc.num_processes)
+    acc.wait_for_everyone()
     return model, losses
 
-def write_summary(cfg: TrainConfig, losses: list, seconds: float = 0.0) -> Path:
-    "Write `<out_dir>`/summary.json of a finished run: steps, losses, config, hardware, and its time (the last checkpoint's, else `seconds`)."
+def write_summary(cfg: TrainConfig, losses: list, seconds: float = 0.0, processes: int = 1) -> Path:
+    "Write `<out_dir>`/summary.json of a finished run: steps, losses, config, hardware and its number of processes, and its time (the last checkpoint's, else `seconds`)."
     ck = checkpoints(cfg.out_dir)   # the last one is the final step's, and its state holds the time of every run that led to it
     if ck: seconds = json.loads((ck[-1]/'state.json').read_text()).get('seconds', seconds)
     summary = dict(stage=cfg.stage, steps=len(losses), seconds=round(seconds, 1), losses=losses, config=asdict(cfg),
-                   hardware=hardware(), torch_threads=torch.get_num_threads())   # seconds: all runs of this stage, resumptions included
+                   hardware=hardware(), processes=processes, torch_threads=torch.get_num_threads())   # seconds: all runs of this stage, resumptions included
     with atomic_path(Path(cfg.out_dir)/'summary.json') as tmp: tmp.write_text(json.dumps(summary))
     return Path(cfg.out_dir)/'summary.json'
 
@@ -523,22 +725,25 @@ def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_train', description=main.__doc__)
     ap.add_argument('--stage', required=True, choices=STAGES)
-    ap.add_argument('--out', default='', help='output folder (default outputs/toy/<stage>)')
+    ap.add_argument('--out', default='', help='output folder (default outputs/toy/<stage>; with --base, outputs/<stage>)')
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
-              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep'):
-        typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no}.get(f, type(getattr(TrainConfig, f)))
-        ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})')
+              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep', 'gradient_checkpointing', 'num_workers'):
+        typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no, 'gradient_checkpointing': _yes_no}.get(f, type(getattr(TrainConfig, f)))
+        flag = dict(nargs='?', const=True) if f == 'gradient_checkpointing' else {}    # `--gradient-checkpointing` alone means yes
+        ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})', **flag)
     for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
+    ap.add_argument('--from-scratch', action='store_true', help='fine stage: start a new adapter, not the coarse one (--adapter)')
     ap.add_argument('--n-clips', type=int, default=StageInputs.n_clips, help='toyworld clips to generate when --data is not given')
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
     a = ap.parse_args(argv)
     base = asdict(TrainConfig.from_json(a.config)) if a.config else {}
     over = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}
     try:
-        cfg = TrainConfig(**{**base, **over, 'stage': a.stage, 'out_dir': a.out or str(toy_dir(a.stage))})
+        out = a.out or ('' if a.base else str(toy_dir(a.stage)))      # '': TrainConfig's outputs/<stage>
+        cfg = TrainConfig(**{**base, **over, 'stage': a.stage, 'out_dir': out})
         inputs = StageInputs(**{f.name: getattr(a, f.name) for f in fields(StageInputs)})
         _, losses = train_stage(cfg, inputs, resume=not a.no_resume)
     except (ValueError, FileNotFoundError) as e: ap.error(str(e))
