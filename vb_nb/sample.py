@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_sample.ipynb #2cf5203b
 from __future__ import annotations
-import functools, inspect, json, os, re
+import functools, inspect, json, os, re, sys, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,11 @@ from .core import Video, default_device, seed_everything, outputs_dir
 from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
-__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'EXAMPLES', 'load_image_prompt', 'subject_vocab', 'find_subject_word',
-           'prompt_directions', 'path_noise', 'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout',
-           'load_model', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images', 'main']
+__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'MAX_LATENT_SIDE', 'EXAMPLES', 'load_image_prompt', 'subject_vocab',
+           'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt', 'fit_prompt', 'prompt_directions', 'path_noise',
+           'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout', 'load_model', 'check_limits',
+           'check_device', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images',
+           'check_out_path', 'main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -54,17 +56,59 @@ def subject_vocab():
     from vb_nb.dataset import KeywordVocab, toy_vocab, coco_vocab
     return KeywordVocab({**coco_vocab().mapping, **toy_vocab().mapping}, 'subjects')
 
+def _quote(text: str, n: int = 60) -> str:
+    "`text` quoted, shortened to about `n` characters with an ellipsis in the middle."
+    if len(text) <= n: return repr(text)
+    head, tail = text[:n // 2], text[-(n // 2):]
+    if len(head.split()) > 1: head = head.rsplit(None, 1)[0]                 # whole words at both ends
+    if len(tail.split()) > 1: tail = tail.split(None, 1)[1]
+    return repr(f"{head.strip()} ... {tail.strip()}")
+
 def find_subject_word(prompt: str, subject: str|None = None) -> str:
     "The subject word as written in `prompt` (checked if given, else found from the keyword vocabulary)."
     if not isinstance(prompt, str) or not prompt.strip(): raise ValueError("the prompt is empty: describe what the subject does, e.g. 'a ball rolls to the left'")
     if subject is not None:
         if not subject.strip(): raise ValueError("the subject word is empty: name the word of the prompt the image prompt shows, or leave subject=None")
         m = subject_pattern(subject).search(prompt)
-        if m is None: raise SubjectNotFoundError(f"the subject {subject!r} does not occur in the prompt {prompt!r}; put it into the prompt or name another word")
+        if m is None: raise SubjectNotFoundError(f"the subject {subject!r} does not occur in the prompt {_quote(prompt)}; put it into the prompt or name another word")
         return m.group(0)
     m = subject_vocab().find(prompt)
-    if m is None: raise SubjectNotFoundError(f"no known subject word in the prompt {prompt!r}: name it with subject='...' (a word of the prompt)")
+    if m is None: raise SubjectNotFoundError(f"no known subject word in the prompt {_quote(prompt)}: name it with subject='...' (a word of the prompt)")
     return m.word
+
+# %% ../nbs/09_sample.ipynb #longcd01
+class PromptTruncatedWarning(UserWarning):
+    "The prompt is longer than the text encoder reads and was cut."
+
+def cut_prompt(prompt: str, tokenizer=None) -> tuple[str, str]:
+    "(the words of `prompt` that fit the tokenizer's 77 positions, the words after them): cut between words."
+    from vb_nb.prompts import default_tokenizer
+    tokenizer = tokenizer or default_tokenizer()
+    fits = tokenizer.model_max_length - 2                                  # start and end tokens take two positions
+    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True, verbose=False)['offset_mapping']
+    if len(offsets) <= fits: return prompt, ''
+    end = offsets[fits][0]                                                 # where the first token that does not fit starts
+    head = prompt[:end]
+    if not prompt[end - 1].isspace() and len(head.split()) > 1: head = head.rsplit(None, 1)[0]   # the word the cut falls in goes too
+    kept = head.rstrip()
+    return kept, prompt[len(kept):].strip()
+
+def fit_prompt(prompt: str, subject: str|None = None, tokenizer=None) -> tuple[str, str]:
+    "(prompt, subject word) as the text encoder reads them: a long prompt is cut, with one PromptTruncatedWarning naming the dropped words."
+    from vb_nb.prompts import default_tokenizer
+    tokenizer = tokenizer or default_tokenizer()
+    word = find_subject_word(prompt, subject)                              # empty prompt, or no subject anywhere: the usual errors
+    kept, dropped = cut_prompt(prompt, tokenizer)
+    if not dropped: return prompt, word
+    limit = tokenizer.model_max_length
+    try: word = find_subject_word(kept, subject)
+    except SubjectNotFoundError:
+        raise SubjectNotFoundError(f"the subject {word!r} comes after the first {limit} CLIP tokens of the prompt, "
+                                   "which are all the text encoder reads: move it nearer the start or shorten the prompt") from None
+    n = len(dropped.split())
+    warnings.warn(f"the prompt is cut at {limit} CLIP tokens, all the text encoder reads; dropped {n} word{'s' * (n > 1)}: {_quote(dropped)}",
+                  PromptTruncatedWarning, stacklevel=2)
+    return kept, word
 
 # %% ../nbs/09_sample.ipynb #steer002
 STEER_DIRECTIONS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0)}   # (rows, columns) per step: image rows grow downwards
@@ -208,6 +252,30 @@ def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None,
 def _default_pipeline(device: str):
     return load_model(device=device)
 
+# %% ../nbs/09_sample.ipynb #limcd001
+MAX_LATENT_SIDE = 128       # latent positions per side: 1024 px for Stable Diffusion's VAE (8 px each), 512 px for the toy VAE (4 px)
+
+def check_limits(pipe: VideoBoothPipeline, height, width, seed):
+    "Raise a ValueError if a side is over MAX_LATENT_SIDE latent positions, or the seed does not fit torch's 64-bit generators."
+    limit = MAX_LATENT_SIDE * pipe.model.vae_scale_factor
+    for name, v in (('height', height), ('width', width)):
+        if v > limit: raise ValueError(f"{name} must be at most {limit} pixels for this model ({MAX_LATENT_SIDE} latent positions), got {v}")
+    if seed >= 2**64: raise ValueError(f"seed must be below 2**64 (torch's generators take 64 bits), got {seed}")
+
+def check_device(device) -> torch.device|None:
+    "`device` as a torch.device (None: the best available, chosen later); a ValueError if torch does not know it or this machine lacks it."
+    if device is None: return None
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f"unknown device {str(device)!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps', or none for the best available") from None
+    if dev.type == 'cpu': return dev
+    mod = torch.backends.mps if dev.type == 'mps' else getattr(torch, dev.type, None)
+    if mod is None or not getattr(mod, 'is_available', lambda: False)():
+        raise ValueError(f"device {str(device)!r}: this machine has no {dev.type} device that torch can use; use 'cpu' (or none for the best available)")
+    count = mod.device_count() if hasattr(mod, 'device_count') else 1
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"device {str(device)!r}: this machine has {count} {dev.type} device(s), numbered from 0")
+    return dev
+
 # %% ../nbs/09_sample.ipynb #620e8eb0
 def _pipeline(model, device) -> VideoBoothPipeline:
     from vb_nb.model import VideoBooth
@@ -237,9 +305,10 @@ def generate(image, prompt: str, subject: str|None = None, model=None, num_frame
              adapter: bool = True, steer: bool = False) -> Video:
     "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise)."
     from vb_nb.prompts import plan_prompts
-    pipe = _pipeline(model, device)
+    pipe = _pipeline(model, check_device(device))
     check_options(pipe, num_frames, height, width, steps, text_guidance, image_guidance, seed)
-    subject = find_subject_word(prompt, subject)
+    check_limits(pipe, height, width, seed)
+    prompt, subject = fit_prompt(prompt, subject, pipe.model.tokenizer)
     if image is None and adapter: raise ValueError("no image prompt: pass an image (path, PIL image or array), or adapter=False for the text-to-video base alone")
     img = load_image_prompt(image) if adapter else None
     if isinstance(refine, str) and refine == 'auto': refine = 'director' if model is None else None
@@ -278,6 +347,20 @@ def example_images() -> dict[str, Path]:
     "The bundled example image prompts by name."
     return {p.stem: p for p in sorted(example_dir().glob('*.png'))}
 
+# %% ../nbs/09_sample.ipynb #outcd001
+def check_out_path(path) -> Path:
+    "`path` as a Path if a video can be written there (.mp4 or .gif, a writable folder); else a ValueError saying why."
+    p = Path(path).expanduser()
+    if p.is_dir(): raise ValueError(f"the output {str(p)!r} is a folder: name a file in it, e.g. {str(p/'video.mp4')!r}")
+    if p.suffix.lower() not in ('.mp4', '.gif'): raise ValueError(f"the output must end in .mp4 or .gif, got {str(path)!r}")
+    if p.exists() and not p.is_file(): raise ValueError(f"the output {str(p)!r} exists and is not a regular file")
+    folder = p.absolute().parent
+    while not folder.exists(): folder = folder.parent                      # missing folders are made when writing
+    if not folder.is_dir(): raise ValueError(f"cannot write {str(p)!r}: {str(folder)!r} is a file, not a folder")
+    try: fd, probe = tempfile.mkstemp(dir=folder, prefix='.vb_nb_probe.'); os.close(fd); os.unlink(probe)
+    except OSError as e: raise ValueError(f"cannot write {str(p)!r}: the folder {str(folder)!r} is not writable ({e.strerror})") from None
+    return p
+
 # %% ../nbs/09_sample.ipynb #759ef547
 def main(argv=None):
     "Command line: generate a video from an image prompt and a text prompt."
@@ -286,7 +369,7 @@ def main(argv=None):
     ap.add_argument('--image', default=None, help=f"image file, or a bundled example: {', '.join(EXAMPLES)} (required unless --no-adapter)")
     ap.add_argument('--prompt', required=True, help='what happens; must contain the subject word')
     ap.add_argument('--subject', default=None, help='the subject word of the prompt (default: found from the keyword vocabulary)')
-    ap.add_argument('--out', default=str(outputs_dir()/'video.mp4'), help='.mp4 or .gif to write')
+    ap.add_argument('--out', default=str(outputs_dir()/'video.mp4'), help='.mp4 or .gif to write (missing folders are made)')
     ap.add_argument('--model', default=None, help='Stable-Diffusion-style folder with a videobooth_adapter/ (default: the embedded toy model)')
     ap.add_argument('--frames', type=int, default=8); ap.add_argument('--height', type=int, default=64); ap.add_argument('--width', type=int, default=64)
     ap.add_argument('--steps', type=int, default=25); ap.add_argument('--seed', type=int, default=0)
@@ -296,14 +379,18 @@ def main(argv=None):
     ap.add_argument('--no-adapter', action='store_true', help='the text-to-video base alone: no image prompt, no VideoBooth weights')
     ap.add_argument('--steer', action='store_true', help='steer the subject along the directions the prompt names, through the starting noise')
     ap.add_argument('--refine', default='auto', help="prompt refinement: auto (the director for the toy model), none, director, MODEL@URL, or a model folder")
-    ap.add_argument('--device', default=None)
+    ap.add_argument('--device', default=None, help='cpu, cuda, cuda:N or mps (default: the best available)')
     a = ap.parse_args(argv)
-    if not a.out.lower().endswith(('.mp4', '.gif')): ap.error(f"--out must end in .mp4 or .gif, got {a.out!r}")
     if a.image is None and not a.no_adapter: ap.error("--image is required (or --no-adapter for the base model alone)")
+    try: out, device = check_out_path(a.out), check_device(a.device)          # before any work
+    except ValueError as e: ap.error(str(e))
     image = example_images().get(a.image, a.image) if a.image is not None else None
-    try:
-        v = generate(image, a.prompt, a.subject, a.model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
-                     injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=a.device,
-                     adapter=not a.no_adapter, steer=a.steer)
-    except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
-    print(f"wrote {v.save(a.out)} ({len(v)} frames, {v.frames.shape[2]}x{v.frames.shape[1]})")
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
+        try:
+            v = generate(image, a.prompt, a.subject, a.model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
+                         injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=device,
+                         adapter=not a.no_adapter, steer=a.steer)
+            path = v.save(out)
+        except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
+    print(f"wrote {path} ({len(v)} frames, {v.frames.shape[2]}x{v.frames.shape[1]})")

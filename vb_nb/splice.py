@@ -43,7 +43,8 @@ def subject_token_spans(tokenizer, prompt: str, subject: str) -> list[tuple[int,
         else: cut = True
     if not spans:
         where = ' (it occurs only beyond the 77-token limit)' if cut else ''
-        raise SubjectNotFoundError(f"the subject {subject!r} does not occur in the prompt {prompt!r}{where}; "
+        shown = repr(prompt) if len(prompt) <= 80 else repr(prompt[:60]) + f' (and {len(prompt) - 60} more characters)'   # a long prompt is not repeated whole
+        raise SubjectNotFoundError(f"the subject {subject!r} does not occur in the prompt {shown}{where}; "
                                    "name a word of the prompt as the subject, or put the subject word into the prompt")
     return spans
 
