@@ -4,29 +4,46 @@
 
 # %% ../nbs/12_demo.ipynb #a72448b5
 from __future__ import annotations
-import base64, html, io, traceback
+import base64, html, io, re, threading, warnings
 import numpy as np
 import ipywidgets as W
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .core import Video, gif_bytes
-from .sample import generate, example_images, load_image_prompt
+from .sample import generate, example_images, load_image_prompt, find_subject_word, PromptTruncatedWarning
+from .prompts import PromptFallbackWarning
 
 # %% auto #0
-__all__ = ['Demo']
+__all__ = ['read_upload', 'Demo']
 
 # %% ../nbs/12_demo.ipynb #8be503f6
 def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO(); Image.fromarray(arr).save(buf, format='PNG'); return buf.getvalue()
 
+def _error_html(msg: str) -> str: return f'<span style="color:#b00">{html.escape(msg)}</span>'
+
+def _message(e: Exception) -> str:
+    "An exception as one readable line: the message of an input error, else its type too; no object addresses."
+    msg = re.sub(r'\s*<_io\.\w+ object at 0x[0-9a-f]+>', '', str(e)).strip()
+    return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
+
+def read_upload(name: str, content: bytes) -> Image.Image:
+    "An uploaded file as a PIL image; a ValueError naming the file and what is wrong with it."
+    try: im = Image.open(io.BytesIO(content)); im.load(); return im
+    except UnidentifiedImageError: raise ValueError(f"{name} is not an image this app can read: upload a PNG, JPEG, GIF, BMP or WebP file") from None
+    except Exception as e: raise ValueError(f"{name} could not be read as an image ({_message(e)})") from None
+
 class Demo:
-    "The widget app: `Demo().ui` in a notebook cell; `model=` as in `generate` (None: the embedded toy model)."
-    def __init__(self, model=None, max_frames: int = 16):
-        self.model, self.examples = model, example_images()
-        self.example = W.Dropdown(options=[*self.examples, 'uploaded image'], description='image')
+    "The widget app: `Demo().ui` in a notebook cell; `model=` as in `generate` (None: the embedded toy model); background=False generates in the caller's thread."
+    def __init__(self, model=None, max_frames: int = 16, background: bool = True):
+        self.model, self.examples, self.background = model, example_images(), background
+        prompt = 'a box drifts to the right in the sky'
+        subject = find_subject_word(prompt).lower()                          # the default image shows the default prompt's subject
+        self.example = W.Dropdown(options=[*self.examples, 'uploaded image'], description='image',
+                                  value=next((k for k in self.examples if k.split('_')[-1] == subject), None))
         self.upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
         self.preview = W.Image(format='png', width=96, height=96)
-        self.prompt = W.Text(value='a star drifts to the left, then up over green grass', description='prompt', layout=W.Layout(width='420px'))
+        self.prompt = W.Text(value=prompt, description='prompt', layout=W.Layout(width='420px'))
         self.subject = W.Text(value='', placeholder='found in the prompt', description='subject')
         self.steps = W.IntSlider(value=25, min=2, max=100, description='steps')
         self.text_guidance = W.FloatSlider(value=4.0, min=0, max=12, step=0.5, description='text guid.')
@@ -40,7 +57,8 @@ class Demo:
         self.status = W.HTML()
         self.video = W.HTML()
         self.download = W.HTML()
-        self.uploaded = None
+        self.uploaded, self.last, self.error, self.runs = None, None, None, 0
+        self._lock, self._busy, self._thread = threading.Lock(), False, None
         self.example.observe(lambda _: self.show_prompt(), 'value')
         self.upload.observe(self.on_upload, 'value')
         self.button.on_click(self.on_generate)
@@ -57,34 +75,51 @@ class Demo:
         return self.examples[self.example.value]
 
     def show_prompt(self):
-        try:
-            self.preview.value = _png_bytes(load_image_prompt(self.image())); self.status.value = ''
-        except (ValueError, FileNotFoundError) as e: self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+        try: self.preview.value = _png_bytes(load_image_prompt(self.image())); self.status.value = ''
+        except Exception as e: self.status.value = _error_html(_message(e))
 
     def on_upload(self, change):
         files = change['new']
         if not files: return
-        try: self.uploaded = Image.open(io.BytesIO(bytes(files[0]['content']))); self.uploaded.load()
-        except Exception as e:
-            self.uploaded = None; self.status.value = f'<span style="color:#b00">{html.escape(files[0]["name"])} is not a readable image ({html.escape(str(e))})</span>'; return
+        try: self.uploaded = read_upload(files[0]['name'], bytes(files[0]['content']))
+        except ValueError as e: self.uploaded = None; self.status.value = _error_html(str(e)); return
         self.example.value = 'uploaded image'; self.show_prompt()
 
     def on_progress(self, i, n): self.progress.max, self.progress.value = n, i
 
     def on_generate(self, _=None):
-        "Generate with the current settings; show the video and a download link, or the error."
-        self.button.disabled, self.progress.value = True, 0
-        self.status.value = 'generating...'
+        "Start generating with the current settings, in the background; ignored while a generation runs."
+        with self._lock:
+            if self._busy: return
+            self._busy = True
+        self.button.disabled, self.progress.value, self.status.value = True, 0, 'generating...'
+        if not self.background: return self._generate()
+        self._thread = threading.Thread(target=self._generate, daemon=True); self._thread.start()
+
+    def wait(self, timeout: float|None = None):
+        "Wait for the running generation, if any, to finish."
+        if self._thread is not None: self._thread.join(timeout)
+
+    def _generate(self):
+        "Generate; show the video and a download link, or the error (whatever it is), and free the button."
+        self.runs, self.error = self.runs + 1, None
         try:
-            v = generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
-                         steps=self.steps.value, text_guidance=self.text_guidance.value, image_guidance=self.image_guidance.value,
-                         seed=self.seed.value, steer=self.steer.value, progress=False, callback=self.on_progress)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                v = generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
+                             steps=self.steps.value, text_guidance=self.text_guidance.value, image_guidance=self.image_guidance.value,
+                             seed=self.seed.value, steer=self.steer.value, progress=False, callback=self.on_progress)
             self.last = v
             self.video.value = v._repr_html_(width=256)
             b64 = base64.b64encode(gif_bytes(v.frames, v.fps)).decode()
             self.download.value = f'<a download="vb_nb.gif" href="data:image/gif;base64,{b64}">download the video (GIF)</a>'
             plan = getattr(v, 'plan', None)
-            self.status.value = html.escape(str(plan)).replace('\n', '<br>') if plan is not None and plan.num_segments > 1 else 'done'
-        except (ValueError, FileNotFoundError, OSError) as e:
-            self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
-        finally: self.button.disabled = False
+            done = html.escape(str(plan)).replace('\n', '<br>') if plan is not None and plan.num_segments > 1 else 'done'
+            notes = ''.join(f'<br><span style="color:#a60">{html.escape(str(w.message))}</span>' for w in caught
+                            if issubclass(w.category, (PromptTruncatedWarning, PromptFallbackWarning)))   # the prompt's own warnings, not libraries'
+            self.status.value = done + notes
+        except Exception as e:
+            self.error = e; self.status.value = _error_html(_message(e))
+        finally:
+            self.button.disabled = False
+            with self._lock: self._busy = False
