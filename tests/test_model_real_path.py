@@ -1,6 +1,8 @@
 "The real loading path of vb_nb.model, exercised with tiny models of the real classes saved like SD 1.5 + AnimateDiff + CLIP vision."
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -116,3 +118,41 @@ def test_a_base_saved_with_the_motion_text_path_loads_with_it(tmp_path, folders)
     saved, loaded = motion_text_processors(unet), motion_text_processors(model.unet)
     assert set(loaded) == set(saved) and len(saved) > 0
     assert all(torch.equal(loaded[n].to_out.weight, p.to_out.weight) for n, p in saved.items())
+
+
+def test_a_saved_adapter_keeps_its_stage(folders, model, tmp_path):
+    "A coarse-only adapter is sampled as coarse-only (the base's own frame attention) whichever way it is loaded."
+    from vb_nb.sample import VideoBoothPipeline, load_model
+    parts = dict(motion_adapter=folders['motion_adapter'], image_encoder=folders['image_encoder'])
+    model.adapter.register_to_config(trained_stage='coarse')
+    try: model.save_adapter(tmp_path/'coarse')
+    finally: model.adapter.register_to_config(trained_stage=None)
+    fresh = VideoBooth.from_pretrained(folders['base'], **parts)
+    assert fresh.load_adapter(tmp_path/'coarse').adapter.config.trained_stage == 'coarse'
+    assert VideoBooth.from_pretrained(folders['base'], **parts, adapter=tmp_path/'coarse').adapter.config.trained_stage == 'coarse'
+    pipe = load_model(folders['base'], **parts, adapter=tmp_path/'coarse', device='cpu')
+    assert pipe.trained_stage == 'coarse'
+    kw = dict(num_frames=3, num_inference_steps=2, height=64, width=64)
+    img = np.full((32, 32, 3), 200, np.uint8)
+    run = lambda p, **o: p(img, 'a red ball bounces', 'ball', generator=torch.Generator().manual_seed(0), **kw, **o)
+    same = VideoBoothPipeline.from_model(model)            # the same weights ...
+    model.adapter.register_to_config(trained_stage='coarse')
+    try: np.testing.assert_array_equal(run(pipe), run(same))    # ... sampled as the coarse adapter they are
+    finally: model.adapter.register_to_config(trained_stage=None)
+    assert (run(same) != run(pipe)).any()                  # sampled as fine they differ: the stage matters
+    unet_calls = []
+    h = pipe.unet.register_forward_pre_hook(lambda m, a, k: unet_calls.append(pipe.model.ctx.mode), with_kwargs=True)
+    try: run(pipe)
+    finally: h.remove()
+    assert set(unet_calls) == {'stock'}                     # ... and the base's own frame attention in every branch
+
+
+def test_bf16_sampling_at_real_class_size(folders):
+    from vb_nb.sample import generate, load_model
+    pipe = load_model(folders['base'], folders['motion_adapter'], folders['image_encoder'], device='cpu', dtype=torch.bfloat16)
+    assert {p.dtype for p in pipe.model.parameters()} == {torch.bfloat16}
+    seen = []
+    h = pipe.model.unet.register_forward_pre_hook(lambda m, a, k: seen.append((a[0] if a else k['sample']).dtype), with_kwargs=True)
+    try: v = generate(np.full((32, 32, 3), 200, np.uint8), 'a red ball bounces', model=pipe, num_frames=3, steps=2, progress=False)
+    finally: h.remove()
+    assert v.frames.shape == (3, 64, 64, 3) and set(seen) == {torch.bfloat16}

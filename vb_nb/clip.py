@@ -167,8 +167,8 @@ def clip_image_processor(size: int) -> CLIPImageProcessor:
     return CLIPImageProcessor(size={'shortest_edge': size}, crop_size={'height': size, 'width': size},
                               image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 
-def clip_pixel_values(images, size: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    "CLIP pixel values (batch, 3, size, size) of uint8 images (PIL, numpy, torch; HWC or CHW) or float images in [0, 1]."
+def clip_pixel_values(images, size: int, device=None, dtype=torch.float32, processor=None) -> torch.Tensor:
+    "CLIP pixel values (batch, 3, size, size) of uint8 images (PIL, numpy, torch; HWC or CHW) or float images in [0, 1]; `processor`: a CLIPImageProcessor instead of `clip_image_processor(size)`."
     kw = {}
     if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[-1] == 3:
         images = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3)
@@ -183,13 +183,13 @@ def clip_pixel_values(images, size: int, device=None, dtype=torch.float32) -> to
                 raise ValueError(f"float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}] (from [-1, 1] use (x + 1) / 2; uint8 images are fine as they are)")
             kw['do_rescale'] = False
         elif images.dtype != torch.uint8: raise ValueError(f"integer images must be uint8, got {images.dtype}")
-    px = clip_image_processor(size)(images=images, return_tensors='pt', **kw).pixel_values
+    px = (processor or clip_image_processor(size))(images=images, return_tensors='pt', **kw).pixel_values
     return px.to(device=device, dtype=dtype)
 
-def encode_image(image_encoder, images):
-    "Run the vision tower on `images` (see `clip_pixel_values`), keeping every hidden state: .image_embeds, .hidden_states."
+def encode_image(image_encoder, images, processor=None):
+    "Run the vision tower on `images` (see `clip_pixel_values`; `processor`: its image processor), keeping every hidden state: .image_embeds, .hidden_states."
     p = next(image_encoder.parameters())
-    px = clip_pixel_values(images, image_encoder.config.image_size, device=p.device, dtype=p.dtype)
+    px = clip_pixel_values(images, image_encoder.config.image_size, device=p.device, dtype=p.dtype, processor=processor)
     return image_encoder(pixel_values=px, output_hidden_states=True)
 
 # %% ../nbs/04_clip.ipynb #a669ec32

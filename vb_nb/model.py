@@ -12,11 +12,12 @@ from torch import nn
 from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 # %% auto #0
-__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'STAGES', 'build_unet',
-           'build_vae', 'sd_noise_scheduler', 'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet',
-           'MotionTextContext', 'MotionTextAttnProcessor', 'motion_attentions', 'motion_text_processors',
-           'add_text_to_motion_modules', 'save_unet', 'load_motion_text', 'VideoBoothAdapter', 'images_to_unit',
-           'VideoBooth', 'write_tiny_pretrained']
+__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'ADAPTER_WEIGHTS',
+           'TRAINED_STAGES', 'STAGES', 'build_unet', 'build_vae', 'sd_noise_scheduler', 'zero_snr_noise_scheduler',
+           'saved_noise_scheduler', 'load_unet', 'MotionTextContext', 'MotionTextAttnProcessor', 'motion_attentions',
+           'motion_text_processors', 'add_text_to_motion_modules', 'save_motion_text', 'save_unet', 'load_motion_text',
+           'protect_processors', 'stock_processors', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth',
+           'write_tiny_pretrained']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -187,19 +188,22 @@ def add_text_to_motion_modules(unet, position_code: bool = True) -> nn.ModuleLis
     procs = nn.ModuleList(MotionTextAttnProcessor(m, text_dim, ctx, position_code) for m in targets)
     for m, p in zip(targets, procs): m.set_processor(p)
     unet.register_forward_pre_hook(ctx, with_kwargs=True)
+    protect_processors(unet)
     return procs
+
+def save_motion_text(unet, folder) -> Path|None:
+    "Write the motion modules' text path of `unet` (if any) to `folder`/MOTION_TEXT_FILE; None if it has none."
+    procs = motion_text_processors(unet)
+    if not procs: return None
+    weights = {f'{name}.{k}': v.detach().contiguous() for name, p in procs.items() for k, v in p.state_dict().items()}
+    save_file(weights, str(Path(folder)/MOTION_TEXT_FILE), metadata={'position_code': str(next(iter(procs.values())).position_code)})
+    return Path(folder)/MOTION_TEXT_FILE
 
 def save_unet(unet, folder) -> Path:
     "`save_pretrained` a UNetMotionModel as a stock one, and its motion modules' text path (if any) beside it in MOTION_TEXT_FILE."
-    folder, procs = Path(folder), motion_text_processors(unet)
-    layers = dict(unet.named_modules())
-    for name, p in procs.items(): layers[name].set_processor(p._stock)    # diffusers then saves the stock UNet only
-    try: unet.save_pretrained(folder)
-    finally:
-        for name, p in procs.items(): layers[name].set_processor(p)
-    if procs:
-        weights = {f'{name}.{k}': v.detach().contiguous() for name, p in procs.items() for k, v in p.state_dict().items()}
-        save_file(weights, str(folder/MOTION_TEXT_FILE), metadata={'position_code': str(next(iter(procs.values())).position_code)})
+    folder = Path(folder)
+    with stock_processors(unet): unet.save_pretrained(folder)      # diffusers then saves the stock UNet only
+    save_motion_text(unet, folder)
     return folder
 
 def load_motion_text(unet, folder) -> nn.ModuleList|None:
@@ -218,8 +222,45 @@ def load_motion_text(unet, folder) -> nn.ModuleList|None:
     for n, proc in motion_text_processors(unet).items(): proc.load_state_dict({k: weights[f'{n}.{k}'] for k in proc.state_dict()})
     return procs
 
+# %% ../nbs/07_model.ipynb #protfn01
+import types
+from diffusers.models.attention_processor import Attention
+
+_SWAPPING = []        # non-empty while stock_processors swaps the processors itself
+
+def _is_vb_nb(processor) -> bool: return not type(processor).__module__.startswith('diffusers.')   # ours (or another non-stock one)
+
+def _guarded_set_processor(self, processor, *args, **kwargs):
+    "Attention.set_processor for a layer that runs a vb_nb processor: refused unless stock_processors is swapping."
+    if _SWAPPING or not _is_vb_nb(self.processor) or processor is self.processor: return Attention.set_processor(self, processor, *args, **kwargs)
+    raise RuntimeError(f"this attention layer runs vb_nb's {type(self.processor).__name__}, which holds trained weights; replacing it with "
+                       f"{type(processor).__name__} would sample without them. Attention slicing, xformers, fused QKV and "
+                       "set_default_attn_processor are not available on a VideoBooth UNet: to save memory use the pipeline's "
+                       "enable_vae_slicing() or enable_model_cpu_offload(), or bf16 (dtype=torch.bfloat16)")
+
+def protect_processors(unet) -> list[str]:
+    "Make every attention layer of `unet` that runs a vb_nb processor refuse to have it replaced; the names of those layers."
+    names = []
+    for n, m in unet.named_modules():
+        if isinstance(m, Attention) and _is_vb_nb(m.processor):
+            m.set_processor = types.MethodType(_guarded_set_processor, m); names.append(n)
+    return names
+
+@contextlib.contextmanager
+def stock_processors(unet):
+    "Within the block every vb_nb processor of `unet` is replaced by diffusers' stock one (e.g. to save a stock UNet), then put back."
+    layers = {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and _is_vb_nb(m.processor)}
+    procs = {n: m.processor for n, m in layers.items()}
+    _SWAPPING.append(True)
+    try:
+        for m in layers.values(): m.set_processor(AttnProcessor2_0())
+        yield unet
+    finally:
+        for n, m in layers.items(): m.set_processor(procs[n])
+        _SWAPPING.pop()
+
 # %% ../nbs/07_model.ipynb #ed27b90d
-from .clip import (TEXT_LAYERS_FILE, encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config,
+from .clip import (TEXT_LAYERS_FILE, clip_image_processor, encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config,
                         toy_text_encoder)
 from .splice import SPLICE_MODES, ImageMapper, encode_prompt_with_image, install_spliced_text_kv
 from .attention import InjectionContext, image_injection, install_cross_frame_attention
@@ -228,15 +269,19 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.configuration_utils import register_to_config
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
+ADAPTER_WEIGHTS = 'diffusion_pytorch_model.safetensors'
+TRAINED_STAGES = (None, 'coarse', 'fine', 'joint')     # the last stage an adapter was trained through (None: not recorded, sampled as fine)
+
 def _key(layer: str) -> str: return layer.replace('.', '_')   # ModuleDict keys cannot contain dots
 
 class VideoBoothAdapter(ModelMixin, ConfigMixin):
     "The weights VideoBooth adds to a pretrained video UNet and CLIP: mapper, spliced-text K/V, cross-frame attention."
     @register_to_config
     def __init__(self, mapper_config: dict, text_kv_layers: list, attn1_layers: list, splice_mode: str = 'output',
-                 posenc: bool = True, posenc_base: float = 10000.0):
+                 posenc: bool = True, posenc_base: float = 10000.0, trained_stage: str|None = None):
         super().__init__()
         if splice_mode not in SPLICE_MODES: raise ValueError(f"splice_mode must be one of {SPLICE_MODES}, got {splice_mode!r}")
+        if trained_stage not in TRAINED_STAGES: raise ValueError(f"trained_stage must be one of {TRAINED_STAGES}, got {trained_stage!r}")
         self.mapper = ImageMapper(**{k: v for k, v in mapper_config.items() if not k.startswith('_')})
         self.text_kv, self.attn1 = nn.ModuleDict(), nn.ModuleDict()
 
@@ -256,7 +301,29 @@ class VideoBoothAdapter(ModelMixin, ConfigMixin):
             for g, ps in proc.parameter_groups().items(): groups[g] += ps
         return groups
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str|None = None, torch_dtype=None, **kwargs) -> 'VideoBoothAdapter':
+        "An adapter folder (as save_pretrained / save_adapter write it): the mapper loaded, the attention weights kept until a VideoBooth attaches it to its UNet."
+        folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))/(subfolder or '')
+        if not (folder/ADAPTER_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{folder} holds no adapter weights ({ADAPTER_WEIGHTS}); save one with VideoBooth.save_adapter (a local folder)")
+        with _quiet_diffusers(): adapter = cls.from_config(cls.load_config(str(folder)))
+        state = load_file(str(folder/ADAPTER_WEIGHTS))
+        adapter.mapper.load_state_dict({k[len('mapper.'):]: v for k, v in state.items() if k.startswith('mapper.')})
+        adapter._unattached = {k: v for k, v in state.items() if not k.startswith('mapper.')}
+        dtype = torch_dtype if torch_dtype is not None else kwargs.get('dtype')
+        return (adapter.to(dtype) if dtype is not None else adapter).eval()
+
+    def attach_loaded(self):
+        "Load the attention weights from_pretrained kept, now that `attach` gave this adapter its processors (strict: same layers, same shapes)."
+        state = self.__dict__.pop('_unattached', None)
+        if state is None: return self
+        p = next(self.parameters())
+        self.load_state_dict({**{f'mapper.{k}': v for k, v in self.mapper.state_dict().items()}, **{k: v.to(p.device, p.dtype) for k, v in state.items()}}, strict=True)
+        return self
+
 # %% ../nbs/07_model.ipynb #7bdd710d
+import weakref
 STAGES = {1: ('mapper', 'text_kv'), 2: ('mapper', 'text_kv', 'frame_kv', 'image_kv', 'posenc')}
 STAGES['joint'] = STAGES[2]
 
@@ -277,21 +344,28 @@ class VideoBooth(nn.Module):
     "A video UNet with VideoBooth's coarse (splice) and fine (cross-frame injection) parts, and the frozen parts around it."
     def __init__(self, unet: UNetMotionModel, vae: AutoencoderKL, text_encoder, tokenizer, image_encoder, noise_scheduler=None,
                  mapper: ImageMapper|None = None, splice_mode: str = 'output', posenc: bool = True, posenc_base: float = 10000.0,
-                 image_stream_grad: bool = False):
+                 image_stream_grad: bool = False, adapter: VideoBoothAdapter|None = None, feature_extractor=None):
         super().__init__()
         if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
             raise ValueError(f"the text encoder's width {text_encoder.config.hidden_size} differs from the UNet's cross_attention_dim {unet.config.cross_attention_dim}")
         self.unet, self.vae, self.text_encoder, self.image_encoder = unet, vae, text_encoder, image_encoder
         self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler or sd_noise_scheduler()
         for m in (unet, vae, text_encoder, image_encoder): m.requires_grad_(False).eval()
+        self.feature_extractor = feature_extractor or clip_image_processor(image_encoder.config.image_size)   # CLIP's preprocessing
+        if adapter is not None:             # a loaded adapter (VideoBoothAdapter.from_pretrained) says how it was built
+            if mapper is not None: raise ValueError("give a mapper or an adapter (which holds its mapper), not both")
+            splice_mode, posenc, posenc_base = adapter.config.splice_mode, adapter.config.posenc, adapter.config.posenc_base
         self.splice_flag, text_kv = install_spliced_text_kv(unet)
         self.ctx = InjectionContext(posenc=posenc, posenc_base=posenc_base)
         attn1 = install_cross_frame_attention(unet, self.ctx)
-        mapper = mapper if mapper is not None else ImageMapper.for_encoders(image_encoder, text_encoder)
-        self.adapter = VideoBoothAdapter(mapper_config=dict(mapper.config), text_kv_layers=list(text_kv), attn1_layers=list(attn1),
-                                         splice_mode=splice_mode, posenc=posenc, posenc_base=posenc_base)
-        self.adapter.mapper = mapper
-        self.adapter.attach(text_kv, attn1)
+        if adapter is None:
+            mapper = mapper if mapper is not None else ImageMapper.for_encoders(image_encoder, text_encoder)
+            adapter = VideoBoothAdapter(mapper_config=dict(mapper.config), text_kv_layers=list(text_kv), attn1_layers=list(attn1),
+                                        splice_mode=splice_mode, posenc=posenc, posenc_base=posenc_base)
+            adapter.mapper = mapper
+        self.adapter = adapter.attach(text_kv, attn1).attach_loaded()
+        adapter._owner = weakref.ref(self)      # a pipeline given these parts again finds the model they belong to
+        protect_processors(unet)
         self.image_stream_grad = image_stream_grad
         self._uncond = {}
         self.requires_grad_(False)          # nothing trains until set_stage says what
@@ -313,7 +387,7 @@ class VideoBooth(nn.Module):
             load_motion_text(base, unet)                   # the text path of the motion modules, if the base was trained with one
             model = cls(base, AutoencoderKL.from_pretrained(vae, torch_dtype=dtype),
                         toy_text_encoder(Path(unet)/TEXT_LAYERS_FILE, dtype=dtype), load_tokenizer(), load_image_encoder(dtype=dtype),
-                        **{'noise_scheduler': saved_noise_scheduler(unet), **options})
+                        **{'noise_scheduler': saved_noise_scheduler(unet), **options}).to(dtype)   # the new modules too
         return model.load_adapter(adapter) if adapter is not None else model
 
     @classmethod
@@ -353,7 +427,7 @@ class VideoBooth(nn.Module):
         "Load an adapter saved by `save_adapter` into this model's new modules (strict: same layers, same shapes)."
         from safetensors.torch import load_file
         folder = Path(folder)
-        weights = folder/'diffusion_pytorch_model.safetensors'
+        weights = folder/ADAPTER_WEIGHTS
         if not weights.exists(): raise FileNotFoundError(f"{folder} holds no adapter weights ({weights.name}); save one with VideoBooth.save_adapter")
         cfg = VideoBoothAdapter.load_config(str(folder))
         for k in ('text_kv_layers', 'attn1_layers'):
@@ -364,7 +438,8 @@ class VideoBooth(nn.Module):
         if plain(self.adapter.mapper.config) != mapper_cfg:
             p = next(self.adapter.mapper.parameters())
             self.adapter.mapper = ImageMapper(**mapper_cfg).to(p.device, p.dtype)
-        self.adapter.register_to_config(mapper_config=dict(self.adapter.mapper.config), splice_mode=cfg['splice_mode'], posenc=cfg['posenc'], posenc_base=cfg['posenc_base'])
+        self.adapter.register_to_config(mapper_config=dict(self.adapter.mapper.config), splice_mode=cfg['splice_mode'], posenc=cfg['posenc'], posenc_base=cfg['posenc_base'],
+                                        trained_stage=cfg.get('trained_stage'))     # which attention the sampler uses
         self.ctx.posenc, self.ctx.posenc_base = cfg['posenc'], cfg['posenc_base']
         p = next(self.adapter.parameters())
         self.adapter.load_state_dict({k: v.to(p.dtype) for k, v in load_file(str(weights), device=str(p.device)).items()}, strict=True)
@@ -397,7 +472,7 @@ class VideoBooth(nn.Module):
 
     def image_tokens(self, images) -> torch.Tensor:
         "The mapper's image tokens (batch, m, text width) of image prompts (uint8 or [0, 1] float images)."
-        with torch.no_grad(): hidden = encode_image(self.image_encoder, images)
+        with torch.no_grad(): hidden = encode_image(self.image_encoder, images, self.feature_extractor)
         return self.adapter.mapper(hidden)
 
     def encode_prompts(self, prompts, subjects=None, images=None, splice=True, splice_mode: str|None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,10 +505,10 @@ class VideoBooth(nn.Module):
             with torch.no_grad(): self._uncond[key] = encode_text(self.text_encoder, self.tokenizer, [''])
         return self._uncond[key]
 
-    def image_latents(self, images, size) -> torch.Tensor:
-        "VAE latents (batch, C, h, w) of image prompts resized to `size` pixels (the mean of the posterior, scaled)."
+    def image_latents(self, images, size, device=None) -> torch.Tensor:
+        "VAE latents (batch, C, h, w) of image prompts resized to `size` pixels (the mean of the posterior, scaled); `device`: where the VAE runs if not where its weights are."
         p = next(self.vae.parameters())
-        x = images_to_unit(images, size).to(p.device, p.dtype) * 2 - 1
+        x = images_to_unit(images, size).to(device or p.device, p.dtype) * 2 - 1
         with torch.no_grad(): return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
 
     def noisy_image_latents(self, image_latents, timesteps, noise=None, generator=None) -> torch.Tensor:

@@ -16,11 +16,12 @@ from .core import Video, default_device, seed_everything, outputs_dir
 from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
-__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'MAX_LATENT_SIDE', 'EXAMPLES', 'load_image_prompt', 'subject_vocab',
-           'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt', 'fit_prompt', 'prompt_directions', 'path_noise',
-           'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout', 'load_model', 'check_limits',
+__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES', 'load_image_prompt',
+           'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt', 'fit_prompt',
+           'prompt_directions', 'path_noise', 'VideoBoothPipelineOutput', 'VideoBoothPipeline', 'decode_frames',
+           'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder', 'load_model', 'check_limits',
            'check_device', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images',
-           'check_out_path', 'main']
+           'check_out_path', 'main', 'assemble', 'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -150,26 +151,92 @@ def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.7
     return noise
 
 # %% ../nbs/09_sample.ipynb #b84125df
+from dataclasses import dataclass
+from diffusers import DDPMScheduler
+from diffusers.utils import BaseOutput
+
+OUTPUT_TYPES = ('np', 'pil', 'pt', 'latent')
+
+@dataclass
+class VideoBoothPipelineOutput(BaseOutput):
+    "What the pipeline returns with return_dict=True: the frames in the asked output_type."
+    frames: object
+
 class VideoBoothPipeline(DiffusionPipeline):
-    "Text + image prompt to video with a VideoBooth model and any diffusers scheduler."
-    def __init__(self, model, scheduler):
+    "Text + image prompt to video with a VideoBooth model and any diffusers scheduler; components: unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter (mapper + new attention weights), scheduler."
+    model_cpu_offload_seq = 'text_encoder->image_encoder->unet->vae'
+    _exclude_from_cpu_offload = ['adapter']      # the mapper is called on its own; its attention weights live in the UNet and move with it
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter, scheduler):
         super().__init__()
-        self.register_modules(model=model, scheduler=scheduler)
+        from vb_nb.model import VideoBooth
+        owner = getattr(adapter, '_owner', lambda: None)()
+        if owner is not None and owner.unet is unet and owner.adapter is adapter: model = owner   # the parts of a built model
+        else: model = VideoBooth(unet, vae, text_encoder, tokenizer, image_encoder, DDPMScheduler.from_config(scheduler.config),
+                                 adapter=adapter, feature_extractor=feature_extractor).eval()   # built here to sample
+        self.register_modules(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                              image_encoder=model.image_encoder, feature_extractor=model.feature_extractor, adapter=model.adapter, scheduler=scheduler)
+        self.model = model                       # the VideoBooth these parts make up (not a component: its parts are)
+
+    @classmethod
+    def from_model(cls, model, scheduler=None) -> 'VideoBoothPipeline':
+        "The pipeline of a VideoBooth model, with DDIM on its noise schedule unless `scheduler` is given."
+        scheduler = scheduler or DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
+        return cls(model.unet, model.vae, model.text_encoder, model.tokenizer, model.image_encoder, model.feature_extractor, model.adapter, scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> 'VideoBoothPipeline':
+        "Load a pipeline folder (as save_pretrained writes it) or hub id; torch_dtype=, device_map and the rest as in diffusers."
+        from vb_nb.model import _quiet_diffusers, load_motion_text
+        from diffusers import UNetMotionModel
+        folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
+        if not folder.is_dir():
+            hub = {k: kwargs[k] for k in ('cache_dir', 'revision', 'token', 'local_files_only', 'proxies') if k in kwargs}
+            folder = Path(cls.download(str(pretrained_model_name_or_path), **hub))
+        if not (folder/'model_index.json').is_file():
+            raise FileNotFoundError(f"{str(folder)!r} is no pipeline folder (no model_index.json): assemble one with vb_nb_assemble, "
+                                    "or load the parts with load_model(path, motion_adapter=, image_encoder=)")
+        if 'unet' not in kwargs:                # the UNet with the motion-text path its base was trained with, if any
+            dtype = kwargs.get('torch_dtype', kwargs.get('dtype'))
+            dtype = dtype.get('unet', dtype.get('default')) if isinstance(dtype, dict) else dtype
+            with _quiet_diffusers(): unet = UNetMotionModel.from_pretrained(folder/'unet', torch_dtype=dtype)
+            load_motion_text(unet, folder/'unet')
+            kwargs['unet'] = unet
+        with _quiet_diffusers(): return super().from_pretrained(folder, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> Path:
+        "Write every component to its folder (the UNet as a stock UNetMotionModel with its motion-text path beside it); `save_directory` is replaced only once complete."
+        from vb_nb.core import atomic_folder
+        from vb_nb.model import _quiet_diffusers, save_motion_text, stock_processors
+        with atomic_folder(save_directory) as tmp:
+            with stock_processors(self.unet), _quiet_diffusers(): super().save_pretrained(tmp, **kwargs)
+            save_motion_text(self.unet, tmp/'unet')
+        return Path(save_directory)
+
+    # ---- memory savers: those that keep vb_nb's attention processors
+    def enable_vae_slicing(self): "Decode the frames one at a time (less memory, the same video)."; self.vae.enable_slicing()
+    def disable_vae_slicing(self): "Decode all frames in one batch again."; self.vae.disable_slicing()
+    def set_attention_slice(self, slice_size):
+        raise RuntimeError("attention slicing would replace vb_nb's attention processors, which hold the adapter's weights; "
+                           "use enable_vae_slicing(), enable_model_cpu_offload() or torch_dtype=torch.bfloat16 to save memory")
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None):
+        raise RuntimeError("xformers would replace vb_nb's attention processors; they already use PyTorch's scaled_dot_product_attention")
 
     @property
     def trained_stage(self) -> str:
         "'coarse' if the adapter was trained only through the coarse stage, else 'fine'."
-        return self.model.adapter.config.get('trained_stage', 'fine')
+        return self.adapter.config.get('trained_stage') or 'fine'
 
     @torch.no_grad()
     def __call__(self, image, prompt: str, subject: str, num_frames: int = 8, height: int = 64, width: int = 64,
                  num_inference_steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, generator=None,
                  injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None,
-                 adapter: bool = True, latents: torch.Tensor|None = None, steer: bool = False) -> np.ndarray:
-        "Frames uint8 (num_frames, height, width, 3) for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it; steer: start from `path_noise` along the prompt's directions."
+                 adapter: bool = True, latents: torch.Tensor|None = None, steer: bool = False, output_type: str = 'np', return_dict: bool = False):
+        "Frames for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it; steer: start from `path_noise` along the prompt's directions. output_type 'np': uint8 (num_frames, height, width, 3); 'pil': a list of images; 'pt': float (num_frames, 3, height, width) in [0, 1]; 'latent': the final latents."
         from vb_nb.prompts import plan_embeddings
+        if output_type not in OUTPUT_TYPES: raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         m = self.model
-        dev = next(m.unet.parameters()).device
+        dev, dtype = self._execution_device, self.unet.dtype     # the UNet runs in its dtype; the scheduler's arithmetic stays fp32
         f = m.vae_scale_factor
         lat_shape = (1, m.unet.config.in_channels, num_frames, height // f, width // f)
         if steer:
@@ -192,32 +259,37 @@ class VideoBoothPipeline(DiffusionPipeline):
             c_text, _ = m.encode_prompts([prompt], splice=False)
             c_none = m.uncond_embeds()
         stock = self.trained_stage == 'coarse' or not adapter     # the base's own frame attention: a coarse-only adapter keeps it, as does the base alone
-        x_img = m.image_latents(img, (height, width)) if adapter and injection and not stock else None
+        x_img = m.image_latents(img, (height, width), device=dev) if adapter and injection and not stock else None
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
         other = 'stock' if stock else 'cross'            # attn1 of the branches without an injected image
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            x = self.scheduler.scale_model_input(latents, t)
+            x = self.scheduler.scale_model_input(latents, t).to(dtype)
             if not adapter: e_full = None
             elif x_img is not None:
-                noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev))
+                noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev, x_img.dtype))
                 e_full = m.predict_noise(x, t, c_full, spliced=True, noisy_image_latents=noisy_img, attn1='inject', posenc=posenc)
             else:
                 e_full = m.predict_noise(x, t, c_full, spliced=True, attn1=other, posenc=posenc)
             e_text, e_none = m.predict_noise(x.expand(2, -1, -1, -1, -1), t, torch.cat([c_text, c_none]), spliced=False, attn1=other, posenc=posenc).chunk(2)
+            e_text, e_none = e_text.float(), e_none.float()
             eps = e_none + text_guidance * (e_text - e_none)
-            if e_full is not None: eps = eps + image_guidance * (e_full - e_text)
+            if e_full is not None: eps = eps + image_guidance * (e_full.float() - e_text)
             latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
             if callback is not None: callback(i + 1, len(self.scheduler.timesteps))
-        return decode_frames(m.vae, latents)
+        frames = latents if output_type == 'latent' else decode_frames(self.vae, latents, output_type)
+        self.maybe_free_model_hooks()
+        return VideoBoothPipelineOutput(frames=frames) if return_dict else frames
 
 @torch.no_grad()
-def decode_frames(vae, latents: torch.Tensor) -> np.ndarray:
-    "Decode video latents (1, C, F, h, w) to uint8 frames (F, H, W, 3)."
+def decode_frames(vae, latents: torch.Tensor, output_type: str = 'np'):
+    "Decode video latents (1, C, F, h, w) to frames: uint8 (F, H, W, 3) ('np'), PIL images ('pil') or float (F, 3, H, W) in [0, 1] ('pt')."
     z = latents[0].transpose(0, 1) / vae.config.scaling_factor
-    x = vae.decode(z.to(next(vae.parameters()).dtype)).sample
+    x = vae.decode(z.to(vae.dtype)).sample               # frames in one batch, or one by one after vae.enable_slicing()
     if not torch.isfinite(x).all(): raise FloatingPointError("the decoded video holds NaN or infinite values: lower the guidance scales or use float32")
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == 'pt': return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
+    frames = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(f) for f in frames] if output_type == 'pil' else frames
 
 # %% ../nbs/09_sample.ipynb #4c908d9d
 def toy_model_dir() -> Path:
@@ -230,27 +302,50 @@ def is_toy_layout(path) -> bool:
     p = Path(path)
     return all((p/part/'config.json').exists() for part in ('vae', 'unet', 'adapter')) and not (p/'text_encoder').exists()
 
+DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
+          'float16': torch.float16, 'fp16': torch.float16}
+
+def as_dtype(dtype) -> torch.dtype:
+    "A float dtype from itself or its name (float32/fp32, bfloat16/bf16, float16/fp16); None: float32."
+    if dtype is None: return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values(): return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix('torch.') in DTYPES: return DTYPES[dtype.lower().removeprefix('torch.')]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
+
+def is_pipeline_folder(path) -> bool:
+    "Whether `path` is a whole pipeline saved by VideoBoothPipeline.save_pretrained (a model_index.json beside its parts)."
+    return (Path(os.path.expanduser(str(path)))/'model_index.json').is_file()
+
 def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None, device=None, dtype=torch.float32, scheduler=None) -> VideoBoothPipeline:
-    "A pipeline: the embedded toy model (path=None), a folder laid out like it (vae/ unet/ adapter/, as ship_toy_model writes), or a Stable-Diffusion-style folder / hub id with an adapter folder."
-    from vb_nb.model import VideoBooth
-    if path is None or is_toy_layout(path):
-        root = toy_model_dir() if path is None else Path(path)
-        for part in ('vae', 'unet', 'adapter'):
-            if not (root/part/'config.json').exists():
-                raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
-                                        "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
-        model = VideoBooth.from_toy_parts(root/'vae', root/'unet', Path(adapter) if adapter is not None else root/'adapter', dtype=dtype)
+    "A pipeline: the embedded toy model (path=None), a folder laid out like it (vae/ unet/ adapter/), a pipeline folder (save_pretrained, vb_nb_assemble), or a Stable-Diffusion-style folder / hub id with an AnimateDiff motion_adapter, a CLIP image_encoder and an adapter folder."
+    from vb_nb.model import VideoBooth, _quiet_diffusers
+    dtype = as_dtype(dtype)
+    whole = path is not None and (is_pipeline_folder(path) or is_toy_layout(path))
+    if (path is None or whole) and (motion_adapter is not None or image_encoder is not None):
+        raise ValueError(f"{'the embedded toy model' if path is None else repr(str(path))} already holds its motion modules and image encoder: "
+                         "leave motion_adapter and image_encoder out (they go with a Stable-Diffusion-style folder)")
+    if path is not None and is_pipeline_folder(path):
+        pipe = VideoBoothPipeline.from_pretrained(path, dtype=dtype)
+        if adapter is not None: pipe.model.load_adapter(adapter)
+        if scheduler is not None: pipe = VideoBoothPipeline.from_model(pipe.model, scheduler)
     else:
-        adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
-        model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)
-    model.eval()
-    scheduler = scheduler or DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
-    pipe = VideoBoothPipeline(model, scheduler)
-    return pipe.to(device or default_device())
+        if path is None or is_toy_layout(path):
+            root = toy_model_dir() if path is None else Path(path)
+            for part in ('vae', 'unet', 'adapter'):
+                if not (root/part/'config.json').exists():
+                    raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
+                                            "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
+            model = VideoBooth.from_toy_parts(root/'vae', root/'unet', Path(adapter) if adapter is not None else root/'adapter', dtype=dtype)
+        else:
+            adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
+            model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)
+        pipe = VideoBoothPipeline.from_model(model, scheduler)
+    pipe.model.eval()
+    with _quiet_diffusers(): return pipe.to(device or default_device())   # diffusers warns that fp16 cannot run on a CPU: it can, slowly
 
 @functools.lru_cache(maxsize=2)
-def _default_pipeline(device: str):
-    return load_model(device=device)
+def _default_pipeline(device: str, dtype: torch.dtype = torch.float32):
+    return load_model(device=device, dtype=dtype)
 
 # %% ../nbs/09_sample.ipynb #limcd001
 MAX_LATENT_SIDE = 128       # latent positions per side: 1024 px for Stable Diffusion's VAE (8 px each), 512 px for the toy VAE (4 px)
@@ -277,13 +372,17 @@ def check_device(device) -> torch.device|None:
     return dev
 
 # %% ../nbs/09_sample.ipynb #620e8eb0
-def _pipeline(model, device) -> VideoBoothPipeline:
+def _pipeline(model, device, motion_adapter=None, image_encoder=None, dtype=None) -> VideoBoothPipeline:
     from vb_nb.model import VideoBooth
-    if model is None: return _default_pipeline(str(device or default_device()))
-    if isinstance(model, VideoBoothPipeline): return model
-    if isinstance(model, VideoBooth):
-        return VideoBoothPipeline(model, DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False))
-    if isinstance(model, (str, os.PathLike)): return load_model(model, device=device)
+    if isinstance(model, (str, os.PathLike)): return load_model(model, motion_adapter, image_encoder, device=device, dtype=as_dtype(dtype))
+    if motion_adapter is not None or image_encoder is not None:
+        raise ValueError("motion_adapter and image_encoder go with model=<a Stable-Diffusion-style folder or hub id>; this model already has its own")
+    if model is None: return _default_pipeline(str(device or default_device()), as_dtype(dtype))
+    if isinstance(model, (VideoBoothPipeline, VideoBooth)):
+        pipe = model if isinstance(model, VideoBoothPipeline) else VideoBoothPipeline.from_model(model)
+        if dtype is not None and as_dtype(dtype) != pipe.unet.dtype:
+            raise ValueError(f"the given model is in {pipe.unet.dtype}, not {as_dtype(dtype)}: load it in that dtype (load_model(..., dtype=)) or leave dtype out")
+        return pipe
     raise TypeError(f"model must be None (the embedded toy model), a folder, a VideoBooth or a VideoBoothPipeline; got {type(model).__name__}")
 
 def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, text_guidance, image_guidance, seed):
@@ -302,10 +401,11 @@ def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, te
 def generate(image, prompt: str, subject: str|None = None, model=None, num_frames: int = 8, height: int = 64, width: int = 64,
              steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, seed: int = 0, injection: bool = True,
              posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback=None,
-             adapter: bool = True, steer: bool = False) -> Video:
-    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise)."
+             adapter: bool = True, steer: bool = False, motion_adapter=None, image_encoder=None, dtype=None, output_type: str = 'video'):
+    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise); motion_adapter, image_encoder: the AnimateDiff and CLIP vision folders (or hub ids) that go with a Stable-Diffusion-style `model`; dtype: 'bf16', 'fp16' or 'fp32'; output_type 'video' (a Video) or the pipeline's ('np', 'pil', 'pt')."
     from vb_nb.prompts import plan_prompts
-    pipe = _pipeline(model, check_device(device))
+    if output_type not in ('video', *OUTPUT_TYPES): raise ValueError(f"output_type must be 'video' or one of {OUTPUT_TYPES}, got {output_type!r}")
+    pipe = _pipeline(model, check_device(device), motion_adapter, image_encoder, dtype)
     check_options(pipe, num_frames, height, width, steps, text_guidance, image_guidance, seed)
     check_limits(pipe, height, width, seed)
     prompt, subject = fit_prompt(prompt, subject, pipe.model.tokenizer)
@@ -315,11 +415,12 @@ def generate(image, prompt: str, subject: str|None = None, model=None, num_frame
     plan = plan_prompts(prompt, subject, int(num_frames), refine=refine)
     if scheduler is not None:
         if isinstance(scheduler, type): scheduler = scheduler.from_config(pipe.scheduler.config)
-        pipe = VideoBoothPipeline(pipe.model, scheduler)
+        pipe = VideoBoothPipeline.from_model(pipe.model, scheduler)
     pipe.set_progress_bar_config(disable=not progress, desc='denoising', leave=False)
     g = seed_everything(seed)
     frames = pipe(img, prompt, subject, num_frames, height, width, steps, float(text_guidance), float(image_guidance), g, injection, posenc, plan=plan,
-                  callback=callback, adapter=adapter, steer=steer)
+                  callback=callback, adapter=adapter, steer=steer, output_type='np' if output_type == 'video' else output_type)
+    if output_type != 'video': return frames
     video = Video(frames, fps)
     video.plan = plan
     return video
@@ -370,7 +471,11 @@ def main(argv=None):
     ap.add_argument('--prompt', required=True, help='what happens; must contain the subject word')
     ap.add_argument('--subject', default=None, help='the subject word of the prompt (default: found from the keyword vocabulary)')
     ap.add_argument('--out', default=str(outputs_dir()/'video.mp4'), help='.mp4 or .gif to write (missing folders are made)')
-    ap.add_argument('--model', default=None, help='Stable-Diffusion-style folder with a videobooth_adapter/ (default: the embedded toy model)')
+    ap.add_argument('--model', default=None, help='a pipeline folder (vb_nb_assemble), a toy-model folder, or a Stable-Diffusion-style folder / hub id (with --motion-adapter, --image-encoder, --adapter); default: the embedded toy model')
+    ap.add_argument('--motion-adapter', default=None, help='AnimateDiff motion adapter folder or hub id, for a Stable-Diffusion-style --model')
+    ap.add_argument('--image-encoder', default=None, help='CLIP vision model folder or hub id, for a Stable-Diffusion-style --model')
+    ap.add_argument('--adapter', default=None, help='trained VideoBooth adapter folder (default: the model folder\'s own)')
+    ap.add_argument('--dtype', default='float32', choices=sorted(DTYPES), help='weights and UNet dtype (bf16 halves the memory on a GPU)')
     ap.add_argument('--frames', type=int, default=8); ap.add_argument('--height', type=int, default=64); ap.add_argument('--width', type=int, default=64)
     ap.add_argument('--steps', type=int, default=25); ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--text-guidance', type=float, default=4.0); ap.add_argument('--image-guidance', type=float, default=2.0)
@@ -388,9 +493,32 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
         try:
-            v = generate(image, a.prompt, a.subject, a.model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
+            model = load_model(a.model, a.motion_adapter, a.image_encoder, a.adapter, device=device, dtype=a.dtype) if a.adapter is not None else a.model
+            v = generate(image, a.prompt, a.subject, model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
                          injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=device,
-                         adapter=not a.no_adapter, steer=a.steer)
+                         adapter=not a.no_adapter, steer=a.steer, **({} if a.adapter is not None else dict(motion_adapter=a.motion_adapter, image_encoder=a.image_encoder, dtype=a.dtype)))
             path = v.save(out)
         except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     print(f"wrote {path} ({len(v)} frames, {v.frames.shape[2]}x{v.frames.shape[1]})")
+
+# %% ../nbs/09_sample.ipynb #asmfn001
+def assemble(out, model=None, motion_adapter=None, image_encoder=None, adapter=None, dtype=torch.float32) -> Path:
+    "Load the parts as `load_model` does (the embedded toy model if `model` is None) and save them as one pipeline folder `out`."
+    pipe = load_model(model, motion_adapter, image_encoder, adapter, device='cpu', dtype=dtype)
+    return pipe.save_pretrained(out)
+
+def assemble_main(argv=None):
+    "Command line: join a Stable Diffusion folder, an AnimateDiff motion adapter, a CLIP vision model and a VideoBooth adapter into one pipeline folder."
+    import argparse
+    ap = argparse.ArgumentParser(prog='vb_nb_assemble', description=assemble_main.__doc__)
+    ap.add_argument('--out', required=True, help='the pipeline folder to write (replaced only once complete)')
+    ap.add_argument('--model', default=None, help='Stable-Diffusion-style folder or hub id, or a toy-model folder (default: the embedded toy model)')
+    ap.add_argument('--motion-adapter', default=None, help='AnimateDiff motion adapter folder or hub id')
+    ap.add_argument('--image-encoder', default=None, help='CLIP vision model folder or hub id')
+    ap.add_argument('--adapter', default=None, help='trained VideoBooth adapter folder (without it: the model folder\'s own, else an untrained one)')
+    ap.add_argument('--dtype', default='float32', choices=sorted(DTYPES), help='dtype of the saved weights')
+    a = ap.parse_args(argv)
+    if Path(a.out).exists() and not is_pipeline_folder(a.out): ap.error(f"--out {a.out!r} exists and is not a pipeline folder: name a new folder")
+    try: out = assemble(a.out, a.model, a.motion_adapter, a.image_encoder, a.adapter, a.dtype)
+    except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
+    print(f"wrote {out} (load it with VideoBoothPipeline.from_pretrained or vb_nb_generate --model {out})")
