@@ -75,12 +75,14 @@ def _quiet_diffusers():
     "Silence diffusers' and transformers' informational warnings and progress bars while loading and saving."
     import diffusers, transformers
     levels = diffusers.utils.logging.get_verbosity(), transformers.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    diffusers.utils.logging.set_verbosity_error(); transformers.logging.set_verbosity_error(); transformers.utils.logging.disable_progress_bar()
+    bars = transformers.utils.logging.is_progress_bar_enabled(), diffusers.utils.logging.is_progress_bar_enabled()
+    diffusers.utils.logging.set_verbosity_error(); transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar(); diffusers.utils.logging.disable_progress_bar()
     try: yield
     finally:
         diffusers.utils.logging.set_verbosity(levels[0]); transformers.logging.set_verbosity(levels[1])
-        if bars: transformers.utils.logging.enable_progress_bar()
+        if bars[0]: transformers.utils.logging.enable_progress_bar()
+        if bars[1]: diffusers.utils.logging.enable_progress_bar()
 
 def _source(path_or_id, subfolder: str, hub_subfolder: str|None = '='):
     "(where, subfolder) for from_pretrained: a folder's `subfolder` if it has one, the folder itself if it holds a config, else a hub id."
