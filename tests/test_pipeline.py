@@ -44,6 +44,9 @@ def test_components_are_registered():
     assert pipe.adapter.mapper is pipe.model.adapter.mapper and pipe.unet is pipe.model.unet
     again = VideoBoothPipeline(**pipe.components)          # the parts of a built model find that model again
     assert again.model is pipe.model
+    import copy
+    copied = copy.deepcopy(pipe.model)
+    assert VideoBoothPipeline.from_model(copied).model is copied     # a copy's parts belong to the copy (the benchmark copies models)
 
 
 def test_save_and_load_round_trip_the_whole_pipeline(saved):

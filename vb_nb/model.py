@@ -325,7 +325,6 @@ class VideoBoothAdapter(ModelMixin, ConfigMixin):
         return self
 
 # %% ../nbs/07_model.ipynb #7bdd710d
-import weakref
 STAGES = {1: ('mapper', 'text_kv'), 2: ('mapper', 'text_kv', 'frame_kv', 'image_kv', 'posenc')}
 STAGES['joint'] = STAGES[2]
 
@@ -366,7 +365,7 @@ class VideoBooth(nn.Module):
                                         splice_mode=splice_mode, posenc=posenc, posenc_base=posenc_base)
             adapter.mapper = mapper
         self.adapter = adapter.attach(text_kv, attn1).attach_loaded()
-        adapter._owner = weakref.ref(self)      # a pipeline given these parts again finds the model they belong to
+        object.__setattr__(adapter, '_owner', self)   # a pipeline given these parts finds their model (not a submodule; a deepcopy follows)
         protect_processors(unet)
         self.image_stream_grad = image_stream_grad
         self._uncond = {}

@@ -170,7 +170,7 @@ class VideoBoothPipeline(DiffusionPipeline):
     def __init__(self, unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter, scheduler):
         super().__init__()
         from vb_nb.model import VideoBooth
-        owner = getattr(adapter, '_owner', lambda: None)()
+        owner = getattr(adapter, '_owner', None)
         if owner is not None and owner.unet is unet and owner.adapter is adapter: model = owner   # the parts of a built model
         else: model = VideoBooth(unet, vae, text_encoder, tokenizer, image_encoder, DDPMScheduler.from_config(scheduler.config),
                                  adapter=adapter, feature_extractor=feature_extractor).eval()   # built here to sample
