@@ -610,7 +610,7 @@ def save_final(stage: str, model, folder) -> Path:
     return folder
 
 # %% ../nbs/08_train.ipynb #smpfn001
-SAMPLE_PROMPT = ('red_checkered_star', 'a star drifts to the left, then up over green grass')   # bundled example image, text
+SAMPLE_PROMPT = ('green_solid_box', 'a box drifts to the right in the sky')   # bundled example image, text
 
 def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
     "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
