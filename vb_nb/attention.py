@@ -24,18 +24,31 @@ def _sdpa(q, k, v):
     out = F.scaled_dot_product_attention(q.reshape(-1, *q.shape[-3:]), k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]))
     return out.reshape(*lead, *out.shape[-2:])
 
-def cross_frame_attention(q, k, v, k_img=None, v_img=None):
-    "Sparse-causal cross-frame attention with optional image injection into frame 0: (batch, frames, heads, tokens, head_dim)."
+def _rows(rows, b, device):
+    "The rows that get the image as a bool tensor (b,), or None if all do."
+    if rows is None: return None
+    rows = torch.as_tensor(rows, dtype=torch.bool, device=device).flatten()
+    if rows.shape != (b,): raise ValueError(f"rows must be one bool per video ({b}), got {rows.numel()}")
+    return None if rows.all() else rows
+
+def cross_frame_attention(q, k, v, k_img=None, v_img=None, rows=None):
+    "Sparse-causal cross-frame attention with optional image injection into frame 0: (batch, frames, heads, tokens, head_dim); `rows`: which videos get the image (bool (batch,); None: all)."
     if q.ndim != 5 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be (batch, frames, heads, tokens, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if (k_img is None) != (v_img is None): raise ValueError("give both k_img and v_img, or neither")
     b, f, h, n, d = q.shape
+    if rows is not None and k_img is None: raise ValueError("rows says which videos get the image: give k_img and v_img with it")
     k0, v0 = k[:, 0], v[:, 0]
-    if k_img is not None:
+    if k_img is None: v0_new = _sdpa(q[:, 0], k0, v0)                     # (b, h, n, d)
+    else:
         if k_img.ndim != 4 or k_img.shape != v_img.shape or k_img.shape[:2] != (b, h) or k_img.shape[-1] != d:
             raise ValueError(f"k_img and v_img must be (batch={b}, heads={h}, image_tokens, head_dim={d}); got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
-        k0, v0 = torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2)
-    v0_new = _sdpa(q[:, 0], k0, v0)                                        # (b, h, n, d)
+        rows = _rows(rows, b, q.device)
+        if rows is None: v0_new = _sdpa(q[:, 0], torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2))
+        else:                                                              # frame 0 with the image in some rows, without in the others
+            v0_new = torch.empty_like(q[:, 0])
+            if (~rows).any(): v0_new[~rows] = _sdpa(q[~rows, 0], k0[~rows], v0[~rows])
+            if rows.any(): v0_new[rows] = _sdpa(q[rows, 0], torch.cat([k_img[rows], k0[rows]], -2), torch.cat([v_img[rows], v0[rows]], -2))
     if f == 1: return v0_new[:, None]
     keys = torch.cat([k[:, :1].expand(-1, f - 1, -1, -1, -1), k[:, :-1]], -2)               # [K0; K(i-1)]
     vals = torch.cat([v0_new[:, None].expand(-1, f - 1, -1, -1, -1), v[:, :-1]], -2)        # [V0_new; V(i-1)]
@@ -60,6 +73,7 @@ class InjectionContext:
         self.counts = collections.Counter()          # UNet forwards per mode (the image stream is the 'record' count)
         self.layers, self.hooks, self._pe = [], [], {}   # names of the installed attn1 layers; hook handles; code cache
         self.stop_when_recorded = False              # set by image_injection: end the record pass once every layer is stored
+        self.rows = None                             # which videos of an inject pass get the image (bool per video; None: all)
 
     @property
     def mode(self): return self._mode
@@ -137,7 +151,6 @@ class CrossFrameAttnProcessor(nn.Module):
             xi, (hi, wi) = ctx.store[self.name]
             if xi.shape[0] not in (1, b): raise ValueError(f"{self.name}: the image stream has batch {xi.shape[0]}, the video batch {b}; they must match (or the image batch be 1)")
             k_img, v_img = split(self.to_k_img(xi), 1)[:, 0], split(self.to_v_img(xi), 1)[:, 0]   # (b_img, heads, m, d)
-            if xi.shape[0] != b: k_img, v_img = k_img.expand(b, -1, -1, -1), v_img.expand(b, -1, -1, -1)
         if ctx.posenc:
             gq, gk, gv, gki, gvi = self.pe_gain.to(q.dtype)[:, None, None, :, None, :]    # each (1, 1, heads, 1, d)
             pe = ctx.encoding(f, h, w, d, True, q.device, q.dtype)[None, :, None]       # (1, f, 1, n, d): time + space
@@ -145,7 +158,8 @@ class CrossFrameAttnProcessor(nn.Module):
             if k_img is not None:
                 pei = ctx.encoding(1, hi, wi, d, False, q.device, q.dtype)[None, :, None][:, 0]   # (1, 1, m, d): space only
                 k_img, v_img = k_img + gki[:, 0] * pei, v_img + gvi[:, 0] * pei
-        out = cross_frame_attention(q, k, v, k_img, v_img)
+        if k_img is not None and k_img.shape[0] != b: k_img, v_img = k_img.expand(b, -1, -1, -1), v_img.expand(b, -1, -1, -1)
+        out = cross_frame_attention(q, k, v, k_img, v_img, ctx.rows if k_img is not None else None)
         out = out.transpose(2, 3).reshape(bf, n, nh * d).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4: out = out.transpose(-1, -2).reshape(bf_, c_, hh_, ww_)
@@ -189,8 +203,8 @@ def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) 
 
 # %% ../nbs/06_attention.ipynb #dc12df1c
 @contextlib.contextmanager
-def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor, grad: bool = False):
-    "Run the one-frame image stream once (mode 'record'), then let the UNet calls in the block inject it (mode 'inject')."
+def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor, grad: bool = False, rows=None):
+    "Run the one-frame image stream once (mode 'record'), then let the UNet calls in the block inject it (mode 'inject') into the videos `rows` says (bool per video; None: all)."
     if image_latents.ndim != 4: raise ValueError(f"image_latents must be noisy image latents (batch, channels, height, width), got {tuple(image_latents.shape)}")
     if encoder_hidden_states.shape[0] not in (1, image_latents.shape[0]):
         raise ValueError(f"the image stream's text batch {encoder_hidden_states.shape[0]} must be 1 or the image batch {image_latents.shape[0]}")
@@ -204,8 +218,8 @@ def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents:
             except _ImageStreamRecorded: pass
         missing = set(ctx.layers) - set(ctx.store)
         if missing: raise RuntimeError(f"the image stream did not reach {sorted(missing)}: were the processors replaced after install?")
-        ctx.mode, ctx.stop_when_recorded = 'inject', False
+        ctx.mode, ctx.stop_when_recorded, ctx.rows = 'inject', False, rows
         yield ctx
     finally:
-        ctx.mode, ctx.stop_when_recorded = previous, False
+        ctx.mode, ctx.stop_when_recorded, ctx.rows = previous, False, None
         ctx.store.clear()
