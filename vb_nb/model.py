@@ -124,12 +124,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from .posenc import spatial_encoding
 from .attention import level_grid
+from .splice import TextKVCache
 
 MOTION_TEXT_FILE = 'motion_text.safetensors'      # next to a base UNet's own files: its motion modules' text path
 
 class MotionTextContext:
     "The text and latent size of a UNet's current call, noted by its forward pre-hook for the motion modules' text attention."
-    def __init__(self): self.text = self.batch = self.latent_size = None; self._codes = {}
+    def __init__(self): self.text = self.batch = self.latent_size = None; self._codes = {}; self.cache = TextKVCache()   # the text K/V while a sampler runs
     def __call__(self, module, args, kwargs):
         sample = args[0] if args else kwargs['sample']
         self.text = args[2] if len(args) > 2 else kwargs.get('encoder_hidden_states')
@@ -166,7 +167,7 @@ class MotionTextAttnProcessor(nn.Module):
         x = hidden_states
         if self.position_code: x = (x.view(b, n, f, c) + self.ctx.place_code(n, c, x)[None, :, None]).view(bn, f, c)
         q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
-        k, v = (p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v))
+        k, v = self.ctx.cache.get(self, text, None, lambda: tuple(p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v)))
         a = nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
         return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
 
@@ -519,14 +520,23 @@ class VideoBooth(nn.Module):
 
     # ---- the UNet call
     @contextlib.contextmanager
+    def text_kv_cache(self):
+        "Within the block (a sampler's call; no gradients) every text K/V projection is computed once per text (splice notebook's TextKVCache)."
+        caches = [self.splice_flag.cache, *{id(p.ctx): p.ctx.cache for p in motion_text_processors(self.unet).values()}.values()]
+        with contextlib.ExitStack() as stack:
+            for c in caches: stack.enter_context(c.active())
+            yield self
+
+    @contextlib.contextmanager
     def _options(self, posenc):
         previous = self.ctx.posenc
         if posenc is not None: self.ctx.posenc = posenc
         try: yield
         finally: self.ctx.posenc = previous
 
-    def predict_noise(self, noisy_latents, timesteps, text_embeds, spliced=False, noisy_image_latents=None, attn1: str = 'inject', posenc: bool|None = None):
-        "One UNet evaluation: (batch, C, frames, h, w) noise prediction; text (batch, 77, D) or per frame (batch*frames, 77, D); attn1 'stock', 'cross' or 'inject' (needs noisy_image_latents)."
+    def predict_noise(self, noisy_latents, timesteps, text_embeds, spliced=False, noisy_image_latents=None, attn1: str = 'inject', posenc: bool|None = None,
+                      injected=None):
+        "One UNet evaluation: (batch, C, frames, h, w) noise prediction; text (batch, 77, D) or per frame (batch*frames, 77, D); attn1 'stock', 'cross' or 'inject' (needs noisy_image_latents); injected: which videos get the image (bool per video; None: all), the others run as 'cross'."
         if noisy_latents.ndim != 5: raise ValueError(f"noisy_latents must be (batch, channels, frames, height, width), got {tuple(noisy_latents.shape)}")
         b, f = noisy_latents.shape[0], noisy_latents.shape[2]
         if text_embeds.shape[0] not in (b, b * f):
@@ -536,10 +546,13 @@ class VideoBooth(nn.Module):
         with self._options(posenc):
             if attn1 == 'inject':
                 if noisy_image_latents is None: raise ValueError("attn1='inject' needs noisy_image_latents (see noisy_image_latents()); or use attn1='cross' / 'stock'")
-                img = noisy_image_latents.expand(b, -1, -1, -1) if noisy_image_latents.shape[0] == 1 else noisy_image_latents
-                with self.splice_flag(False), image_injection(self.unet, self.ctx, img, t, self.uncond_embeds(), grad=self.image_stream_grad):
+                img, ti = noisy_image_latents, t
+                if img.shape[0] == 1 and (t == t[0]).all(): ti = t[:1]          # one image stream serves every video
+                elif img.shape[0] == 1: img = img.expand(b, -1, -1, -1)
+                with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds(), grad=self.image_stream_grad, rows=injected):
                     with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample
             if attn1 not in ('stock', 'cross'): raise ValueError(f"attn1 must be 'stock', 'cross' or 'inject', got {attn1!r}")
+            if injected is not None: raise ValueError(f"injected= says which videos get the image: it goes with attn1='inject', not {attn1!r}")
             previous, self.ctx.mode = self.ctx.mode, attn1
             try:
                 with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample

@@ -16,12 +16,12 @@ from .core import Video, default_device, seed_everything, outputs_dir
 from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
-__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES', 'load_image_prompt',
-           'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt', 'fit_prompt',
-           'prompt_directions', 'path_noise', 'VideoBoothPipelineOutput', 'VideoBoothPipeline', 'decode_frames',
-           'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder', 'load_model', 'check_limits',
-           'check_device', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images',
-           'check_out_path', 'main', 'assemble', 'assemble_main']
+__all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES',
+           'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt',
+           'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
+           'VideoBoothPipelineOutput', 'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout',
+           'as_dtype', 'is_pipeline_folder', 'load_model', 'check_limits', 'check_device', 'check_options', 'generate',
+           'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -150,6 +150,23 @@ def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.7
         noise[:, :, t, ys, xs] = field.roll((int(dy), int(dx)), (2, 3))[:, :, ys, xs]
     return noise
 
+# %% ../nbs/09_sample.ipynb #guidfn01
+BRANCHES = ('full', 'text', 'none')        # eps(T, I), eps(T), eps(empty prompt)
+
+def guidance_branches(text_guidance: float, image_guidance: float, adapter: bool = True) -> tuple[str, ...]:
+    "The UNet branches a step needs: all three; ('full', 'none') when the scales are equal (eps(T) cancels); ('text', 'none') for the base alone."
+    if not adapter: return ('text', 'none')
+    return ('full', 'none') if text_guidance == image_guidance else BRANCHES
+
+def combine_guidance(e: dict, text_guidance: float, image_guidance: float) -> torch.Tensor:
+    "e_none + s_T (e_text - e_none) + s_I (e_full - e_text), from the branches in `e` (as guidance_branches names them)."
+    if 'full' not in e: return e['none'] + text_guidance * (e['text'] - e['none'])
+    if 'text' not in e:
+        if text_guidance != image_guidance: raise ValueError(f"without eps(T) the scales must be equal, got text {text_guidance} and image {image_guidance}")
+        return e['none'] + text_guidance * (e['full'] - e['none'])
+    return e['none'] + text_guidance * (e['text'] - e['none']) + image_guidance * (e['full'] - e['text'])
+
+
 # %% ../nbs/09_sample.ipynb #b84125df
 from dataclasses import dataclass
 from diffusers import DDPMScheduler
@@ -262,21 +279,20 @@ class VideoBoothPipeline(DiffusionPipeline):
         x_img = m.image_latents(img, (height, width), device=dev) if adapter and injection and not stock else None
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
-        other = 'stock' if stock else 'cross'            # attn1 of the branches without an injected image
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            x = self.scheduler.scale_model_input(latents, t).to(dtype)
-            if not adapter: e_full = None
-            elif x_img is not None:
-                noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev, x_img.dtype))
-                e_full = m.predict_noise(x, t, c_full, spliced=True, noisy_image_latents=noisy_img, attn1='inject', posenc=posenc)
-            else:
-                e_full = m.predict_noise(x, t, c_full, spliced=True, attn1=other, posenc=posenc)
-            e_text, e_none = m.predict_noise(x.expand(2, -1, -1, -1, -1), t, torch.cat([c_text, c_none]), spliced=False, attn1=other, posenc=posenc).chunk(2)
-            e_text, e_none = e_text.float(), e_none.float()
-            eps = e_none + text_guidance * (e_text - e_none)
-            if e_full is not None: eps = eps + image_guidance * (e_full.float() - e_text)
-            latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
-            if callback is not None: callback(i + 1, len(self.scheduler.timesteps))
+        names = guidance_branches(text_guidance, image_guidance, adapter)        # every branch in one UNet call per step
+        text = torch.cat([{'full': c_full, 'text': c_text, 'none': c_none}[n] for n in names])
+        rows = torch.tensor([n == 'full' for n in names], device=dev)            # spliced, and injected: the full branch
+        spliced = rows if adapter else False
+        with m.text_kv_cache():
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                x = self.scheduler.scale_model_input(latents, t).to(dtype).expand(len(names), -1, -1, -1, -1)
+                if x_img is not None:
+                    noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev, x_img.dtype))
+                    e = m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy_img, attn1='inject', posenc=posenc, injected=rows)
+                else: e = m.predict_noise(x, t, text, spliced, attn1='stock' if stock else 'cross', posenc=posenc)
+                eps = combine_guidance(dict(zip(names, e.float().chunk(len(names)))), text_guidance, image_guidance)
+                latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
+                if callback is not None: callback(i + 1, len(self.scheduler.timesteps))
         frames = latents if output_type == 'latent' else decode_frames(self.vae, latents, output_type)
         self.maybe_free_model_hooks()
         return VideoBoothPipelineOutput(frames=frames) if return_dict else frames

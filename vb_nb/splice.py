@@ -17,8 +17,8 @@ from .clip import tokenize
 
 # %% auto #0
 __all__ = ['SPLICE_MODES', 'SubjectNotFoundError', 'subject_pattern', 'subject_token_spans', 'find_subject', 'mapper_layers',
-           'ImageMapper', 'splice_embeddings', 'encode_prompt_with_image', 'SpliceFlag', 'SplicedTextKVProcessor',
-           'spatial_cross_attentions', 'install_spliced_text_kv']
+           'ImageMapper', 'splice_embeddings', 'encode_prompt_with_image', 'TextKVCache', 'SpliceFlag',
+           'SplicedTextKVProcessor', 'spatial_cross_attentions', 'install_spliced_text_kv']
 
 # %% ../nbs/05_splice.ipynb #8d0ecb4e
 class SubjectNotFoundError(ValueError):
@@ -155,10 +155,38 @@ def encode_prompt_with_image(text_encoder, tokenizer, prompts, subjects, image_t
     with _splice_input_embeddings(text_encoder, image_tokens, k, n):
         return text_encoder(spliced_ids).last_hidden_state
 
+# %% ../nbs/05_splice.ipynb #kvccd001
+class TextKVCache:
+    "Keys and values of the texts seen while `active`, found again by the text's contents (equal tensors); nothing is kept outside the block or with gradients."
+    per_owner = 8                                   # texts kept per attention layer (a sampling step shows it two: the image stream's and the video's)
+    def __init__(self): self.on, self.entries, self.hits = False, {}, 0
+
+    @contextlib.contextmanager
+    def active(self):
+        "Within the block `get` keeps what it computes; all of it is dropped at the end."
+        previous, self.on = self.on, True
+        try: yield self
+        finally:
+            self.on = previous
+            if not previous: self.entries.clear()
+
+    def get(self, owner, text: torch.Tensor, key, compute):
+        "compute() for this owner, text and (hashable) key; while active, what it gave earlier for an equal text and key."
+        if not self.on or torch.is_grad_enabled(): return compute()
+        slot = self.entries.setdefault(id(owner), [])
+        for t, k, kv in slot:
+            if k == key and t.shape == text.shape and t.dtype == text.dtype and t.device == text.device and torch.equal(t, text):
+                self.hits += 1
+                return kv
+        kv = compute()
+        slot.append((text, key, kv)); del slot[:-self.per_owner]
+        return kv
+
+
 # %% ../nbs/05_splice.ipynb #7c514804
 class SpliceFlag:
     "Which rows of the next UNet call carry a spliced prompt: a bool, or a bool tensor per video (or per batch row). Use `with flag(value):`."
-    def __init__(self, value=False): self.value = value
+    def __init__(self, value=False): self.value, self.cache = value, TextKVCache()   # the cache: the processors' text K/V while a sampler runs
 
     @contextlib.contextmanager
     def __call__(self, value):
@@ -204,7 +232,10 @@ class SplicedTextKVProcessor(nn.Module):
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is None: context = hidden_states
         elif attn.norm_cross: context = attn.norm_encoder_hidden_states(context)
-        key, value = self._kv(attn, context, self.flag.rows(batch, context.device))
+        spliced = self.flag.rows(batch, context.device)
+        if encoder_hidden_states is None: key, value = self._kv(attn, context, spliced)
+        else: key, value = self.flag.cache.get(self, context, spliced if isinstance(spliced, bool) else tuple(spliced.tolist()),
+                                               lambda: self._kv(attn, context, spliced))
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
         if attn.norm_q is not None: query = attn.norm_q(query)
