@@ -152,8 +152,9 @@ def markdown(res, env) -> str:
 
 
 def write_atomic(path: Path, text: str):
+    from vb_nb.core import atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_text(text); os.replace(tmp, path)
+    with atomic_path(path) as tmp: tmp.write_text(text)
 
 
 def main(argv=None):

@@ -171,7 +171,8 @@ def main(argv=None):
                   training_goal_met=(b1['peak_gib'] <= GOAL_GIB) if b1.get('peak_gib') is not None else None,
                   sampling=sample, seconds=round(time.time() - t0, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp'); tmp.write_text(json.dumps(result, indent=1)); tmp.replace(out)
+    from vb_nb.core import atomic_path
+    with atomic_path(out) as tmp: tmp.write_text(json.dumps(result, indent=1))
     for r in train: print(f"train batch {r.get('batch', '?')}: peak {r.get('peak_gib')} GiB, step {r.get('step_s')} s" if 'error' not in r else f"train: {r['error']}")
     for k, r in sample.items(): print(f"sample {k}: {r.get('seconds')} s, peak {r.get('peak_gib')} GiB" if 'error' not in r else f"sample {k}: {r['error']}")
     print(f"wrote {out} ({result['seconds']} s)")

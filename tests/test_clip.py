@@ -66,15 +66,9 @@ def test_shipped_assets_are_small_and_load():
     assert model.config.text_config.vocab_size == len(vclip.load_tokenizer()) == 49408
 
 
-class RunsCode:
-    "Unpickling this runs a shell command: what a swapped checkpoint could do."
-    def __init__(self, marker): self.marker = str(marker)
-    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
-
-
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    ck, marker = tmp_path/'ck.pt', tmp_path/'pwned'
-    torch.save(dict(model=RunsCode(marker), step=1), ck)
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, code_payload):
+    (payload, marker), ck = code_payload, tmp_path/'ck.pt'
+    torch.save(dict(model=payload, step=1), ck)
     with pytest.raises(ValueError, match='could run code') as e: small_run(tmp_path/'out', ck)
     assert str(ck) in str(e.value) and not marker.exists()
     assert not (tmp_path/'out').exists()

@@ -189,15 +189,9 @@ def test_bad_input_is_named(corpus, detector, tmp_path):
 
 
 # --- hostile and broken input -------------------------------------------------------------------------------------------
-class RunsCode:
-    "Unpickling this runs a shell command: what a swapped checkpoint could do."
-    def __init__(self, marker): self.marker = str(marker)
-    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
-
-
-def test_a_detector_checkpoint_that_would_run_code_is_refused(tmp_path):
-    ck, marker = tmp_path/'detector.pt', tmp_path/'pwned'
-    torch.save(dict(model=RunsCode(marker), step=1), ck)
+def test_a_detector_checkpoint_that_would_run_code_is_refused(tmp_path, code_payload):
+    (payload, marker), ck = code_payload, tmp_path/'detector.pt'
+    torch.save(dict(model=payload, step=1), ck)
     frames, boxes, labels = np.zeros((2, 64, 64, 3), np.uint8), np.array([[8, 8, 30, 30]] * 2, np.float32), np.array([1, 1])
     with pytest.raises(ValueError, match='could run code'):
         vd.train_toy_detector(vd.toy_detector_model(), frames, boxes, labels, steps=1, checkpoint=ck, progress=False)

@@ -1,6 +1,5 @@
 "Training: an interrupted run resumes to the same loss curve; the command line explains what is missing."
 import os, subprocess, sys
-MARK = None
 import pytest, torch
 from vb_nb.train import TrainConfig, fit, main, videobooth_loss, random_batch, toy_training_data, checkpoints, NonFiniteLoss
 from vb_nb.dataset import VideoPromptDataset
@@ -212,19 +211,14 @@ def test_resume_on_the_cpu_a_checkpoint_written_on_cuda(tmp_path, dataset, monke
     assert len(losses) == 2
 
 
-class _Payload:
-    def __reduce__(self): return (os.system, (f'touch {MARK}',))
-
-
-def test_a_crafted_optimizer_file_is_refused(tmp_path, dataset):
-    global MARK
+def test_a_crafted_optimizer_file_is_refused(tmp_path, dataset, code_payload):
     cfg, ck = _checkpoint(tmp_path, dataset)
-    MARK = tmp_path/'ran'
-    torch.save({'optimizer': _Payload(), 'scheduler': {}}, ck/'optimizer.pt')
+    payload, marker = code_payload
+    torch.save({'optimizer': payload, 'scheduler': {}}, ck/'optimizer.pt')
     model = VideoBooth.toy(seed=0); model.set_stage(1)
     with pytest.raises(ValueError, match='refusing to load'):
         fit(TrainConfig(**{**cfg.__dict__, 'max_steps': 2}), model, lambda m, b: videobooth_loss(m, b, 1), lambda micro: random_batch(dataset, 2))
-    assert not MARK.exists()
+    assert not marker.exists()
 
 
 def test_a_real_base_needs_frames_writes_outside_toy_and_fine_needs_an_adapter(tmp_path, dataset, monkeypatch):

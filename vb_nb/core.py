@@ -123,7 +123,8 @@ def atomic_folder(path):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, once=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.'))
-    fd = os.open(tmp, os.O_RDONLY); _lock(fd)
+    fd = os.open(tmp, os.O_RDONLY) if fcntl else None     # a folder can be opened (and locked) only where fcntl is
+    if fd is not None: _lock(fd)
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -134,7 +135,7 @@ def atomic_folder(path):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.close(fd)
+        if fd is not None: os.close(fd)
 
 # %% ../nbs/00_core.ipynb #f1bead3b
 def load_checkpoint(path, map_location='cpu'):

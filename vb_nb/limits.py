@@ -124,9 +124,9 @@ def vae_study(out, shipped_vae, steps=(100, 400), n_clips: int = 800, n_eval: in
 @torch.no_grad()
 def denoise_from(model, item: dict, t_start: int, seed: int = 0, steps: int = 25, text_guidance: float = 4.0,
                  image_guidance: float = 2.0, n_frames: int = 8) -> np.ndarray:
-    "Frames uint8 of the full toy `model` (a VideoBooth) for a benchmark item, sampling from its real clip noised to `t_start` (>= 999: pure noise) with DDIM."
+    "Frames uint8 of the full toy `model` (a VideoBooth) for a benchmark item, sampling from its real clip noised to `t_start` (>= 999: pure noise) with DDIM: the three guidance branches as three separate calls, started part-way."
     from diffusers import DDIMScheduler
-    from vb_nb.sample import decode_frames, load_image_prompt
+    from vb_nb.sample import combine_guidance, decode_frames, load_image_prompt
     from vb_nb.train import video_latents
     from vb_nb.eval import real_clip
     sch = DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
@@ -146,7 +146,7 @@ def denoise_from(model, item: dict, t_start: int, seed: int = 0, steps: int = 25
         noisy_img = model.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=g))
         e_full = model.predict_noise(x, t, c_full, spliced=True, noisy_image_latents=noisy_img, attn1='inject')
         e_text, e_none = model.predict_noise(x.expand(2, -1, -1, -1, -1), t, torch.cat([c_text, c_none]), spliced=False, attn1='cross').chunk(2)
-        lat = sch.step(e_none + text_guidance * (e_text - e_none) + image_guidance * (e_full - e_text), t, lat).prev_sample
+        lat = sch.step(combine_guidance(dict(full=e_full, text=e_text, none=e_none), text_guidance, image_guidance), t, lat).prev_sample
     return decode_frames(model.vae, lat)
 
 def load_toy_videobooth(root=None):

@@ -167,7 +167,7 @@ class MotionTextAttnProcessor(nn.Module):
         x = hidden_states
         if self.position_code: x = (x.view(b, n, f, c) + self.ctx.place_code(n, c, x)[None, :, None]).view(bn, f, c)
         q = self.to_q(x).view(b, n, f, self.heads, -1).permute(0, 2, 3, 1, 4)                          # (b, f, heads, n, d)
-        k, v = self.ctx.cache.get(self, text, None, lambda: tuple(p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v)))
+        k, v = self.ctx.cache.get(self, text, (b, f), lambda: tuple(p(text).view(b, f, text.shape[1], self.heads, -1).transpose(2, 3) for p in (self.to_k, self.to_v)))
         a = nn.functional.scaled_dot_product_attention(*(t.reshape(b * f, *t.shape[2:]) for t in (q, k, v)))
         return out + self.to_out(a.view(b, f, self.heads, n, -1).permute(0, 3, 1, 2, 4).reshape(bn, f, -1))
 

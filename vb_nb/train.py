@@ -448,7 +448,7 @@ def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_
         pred = torch.empty_like(noise)
         if stage == 1:            # one call: the base's stock attention, splice per clip
             pred = model(noisy, t, prompts, batch['subject'], images, splice=cond == 0, attn1='stock')
-        else:                     # injected clips and the rest need different attention: two calls
+        else:                     # injected clips and the rest need different attention: two calls in training (the sampler batches them with rows=)
             for rows, attn1 in [((cond == 0).nonzero().flatten(), 'inject'), ((cond > 0).nonzero().flatten(), 'cross')]:
                 if len(rows) == 0: continue
                 sub = lambda xs: [xs[i] for i in rows.tolist()]
