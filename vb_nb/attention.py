@@ -25,11 +25,11 @@ def _sdpa(q, k, v):
     return out.reshape(*lead, *out.shape[-2:])
 
 def _rows(rows, b, device):
-    "The rows that get the image as a bool tensor (b,), or None if all do."
+    "The rows that get the image as a bool tensor (b,) on `device`; None if all do, where that is known without reading a GPU tensor back."
     if rows is None: return None
-    rows = torch.as_tensor(rows, dtype=torch.bool, device=device).flatten()
+    rows = torch.as_tensor(rows, dtype=torch.bool).flatten()
     if rows.shape != (b,): raise ValueError(f"rows must be one bool per video ({b}), got {rows.numel()}")
-    return None if rows.all() else rows
+    return None if rows.device.type == 'cpu' and rows.all() else rows.to(device)
 
 def cross_frame_attention(q, k, v, k_img=None, v_img=None, rows=None):
     "Sparse-causal cross-frame attention with optional image injection into frame 0: (batch, frames, heads, tokens, head_dim); `rows`: which videos get the image (bool (batch,); None: all)."
@@ -44,11 +44,11 @@ def cross_frame_attention(q, k, v, k_img=None, v_img=None, rows=None):
         if k_img.ndim != 4 or k_img.shape != v_img.shape or k_img.shape[:2] != (b, h) or k_img.shape[-1] != d:
             raise ValueError(f"k_img and v_img must be (batch={b}, heads={h}, image_tokens, head_dim={d}); got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
         rows = _rows(rows, b, q.device)
-        if rows is None: v0_new = _sdpa(q[:, 0], torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2))
-        else:                                                              # frame 0 with the image in some rows, without in the others
-            v0_new = torch.empty_like(q[:, 0])
-            if (~rows).any(): v0_new[~rows] = _sdpa(q[~rows, 0], k0[~rows], v0[~rows])
-            if rows.any(): v0_new[rows] = _sdpa(q[rows, 0], torch.cat([k_img[rows], k0[rows]], -2), torch.cat([v_img[rows], v0[rows]], -2))
+        if rows is not None: rows = rows[:, None, None, None]
+        if rows is None or k_img.shape[-2] == n:    # a row without the image attends to [K0; K0]: each key twice, the same softmax as K0 alone
+            first_k, first_v = (k_img, v_img) if rows is None else (torch.where(rows, k_img, k0), torch.where(rows, v_img, v0))
+            v0_new = _sdpa(q[:, 0], torch.cat([first_k, k0], -2), torch.cat([first_v, v0], -2))
+        else: v0_new = torch.where(rows, _sdpa(q[:, 0], torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2)), _sdpa(q[:, 0], k0, v0))
     if f == 1: return v0_new[:, None]
     keys = torch.cat([k[:, :1].expand(-1, f - 1, -1, -1, -1), k[:, :-1]], -2)               # [K0; K(i-1)]
     vals = torch.cat([v0_new[:, None].expand(-1, f - 1, -1, -1, -1), v[:, :-1]], -2)        # [V0_new; V(i-1)]

@@ -266,7 +266,7 @@ def stock_processors(unet):
 from .clip import (TEXT_LAYERS_FILE, clip_image_processor, encode_image, encode_text, load_image_encoder, load_text_encoder, load_tokenizer, toy_clip_config,
                         toy_text_encoder)
 from .splice import SPLICE_MODES, ImageMapper, encode_prompt_with_image, install_spliced_text_kv
-from .attention import InjectionContext, image_injection, install_cross_frame_attention
+from .attention import InjectionContext, image_injection, install_cross_frame_attention, _rows
 from diffusers import ModelMixin, ConfigMixin
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.configuration_utils import register_to_config
@@ -541,14 +541,16 @@ class VideoBooth(nn.Module):
         b, f = noisy_latents.shape[0], noisy_latents.shape[2]
         if text_embeds.shape[0] not in (b, b * f):
             raise ValueError(f"{b} videos of {f} frames but {text_embeds.shape[0]} text conditions: give one per video or one per frame ({b * f})")
-        t = torch.as_tensor(timesteps, device=noisy_latents.device).flatten().expand(b)
+        given = torch.as_tensor(timesteps, device=noisy_latents.device).flatten()
+        t = given.expand(b)
         ehs = text_embeds.repeat_interleave(f, 0) if text_embeds.shape[0] == b else text_embeds   # UNetMotionModel wants the text per frame
         with self._options(posenc):
             if attn1 == 'inject':
                 if noisy_image_latents is None: raise ValueError("attn1='inject' needs noisy_image_latents (see noisy_image_latents()); or use attn1='cross' / 'stock'")
                 img, ti = noisy_image_latents, t
-                if img.shape[0] == 1 and (t == t[0]).all(): ti = t[:1]          # one image stream serves every video
+                if img.shape[0] == 1 and given.numel() == 1: ti = given          # one timestep: one image stream serves every video
                 elif img.shape[0] == 1: img = img.expand(b, -1, -1, -1)
+                injected = _rows(injected, b, noisy_latents.device)               # checked once, not in every layer
                 with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds(), grad=self.image_stream_grad, rows=injected):
                     with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample
             if attn1 not in ('stock', 'cross'): raise ValueError(f"attn1 must be 'stock', 'cross' or 'inject', got {attn1!r}")

@@ -281,7 +281,8 @@ class VideoBoothPipeline(DiffusionPipeline):
         extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
         names = guidance_branches(text_guidance, image_guidance, adapter)        # every branch in one UNet call per step
         text = torch.cat([{'full': c_full, 'text': c_text, 'none': c_none}[n] for n in names])
-        rows = torch.tensor([n == 'full' for n in names], device=dev)            # spliced, and injected: the full branch
+        if text.shape[0] == len(names): text = text.repeat_interleave(num_frames, 0)   # per frame, once: every step passes the same tensor
+        rows = torch.tensor([n == 'full' for n in names])                       # spliced, and injected: the full branch
         spliced = rows if adapter else False
         with m.text_kv_cache():
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):

@@ -157,7 +157,7 @@ def encode_prompt_with_image(text_encoder, tokenizer, prompts, subjects, image_t
 
 # %% ../nbs/05_splice.ipynb #kvccd001
 class TextKVCache:
-    "Keys and values of the texts seen while `active`, found again by the text's contents (equal tensors); nothing is kept outside the block or with gradients."
+    "Keys and values of the texts seen while `active`, found again by the text's contents (the same tensor, unchanged, or an equal one); nothing is kept outside the block or with gradients."
     per_owner = 8                                   # texts kept per attention layer (a sampling step shows it two: the image stream's and the video's)
     def __init__(self): self.on, self.entries, self.hits = False, {}, 0
 
@@ -174,19 +174,25 @@ class TextKVCache:
         "compute() for this owner, text and (hashable) key; while active, what it gave earlier for an equal text and key."
         if not self.on or torch.is_grad_enabled(): return compute()
         slot = self.entries.setdefault(id(owner), [])
-        for t, k, kv in slot:
-            if k == key and t.shape == text.shape and t.dtype == text.dtype and t.device == text.device and torch.equal(t, text):
+        for t, version, k, kv in slot:
+            same = t._version == version if t is text else (t.shape == text.shape and t.dtype == text.dtype and t.device == text.device and torch.equal(t, text))
+            if k == key and same:
                 self.hits += 1
                 return kv
         kv = compute()
-        slot.append((text, key, kv)); del slot[:-self.per_owner]
+        slot.append((text, text._version, key, kv)); del slot[:-self.per_owner]
         return kv
 
 
 # %% ../nbs/05_splice.ipynb #7c514804
 class SpliceFlag:
     "Which rows of the next UNet call carry a spliced prompt: a bool, or a bool tensor per video (or per batch row). Use `with flag(value):`."
-    def __init__(self, value=False): self.value, self.cache = value, TextKVCache()   # the cache: the processors' text K/V while a sampler runs
+    def __init__(self, value=False): self._memo, self.value, self.cache = {}, value, TextKVCache()   # the cache: the processors' text K/V while a sampler runs
+
+    @property
+    def value(self): return self._value
+    @value.setter
+    def value(self, v): self._value = v; self._memo.clear()       # what rows() worked out belongs to the old value
 
     @contextlib.contextmanager
     def __call__(self, value):
@@ -196,12 +202,20 @@ class SpliceFlag:
 
     def rows(self, batch: int, device) -> bool | torch.Tensor:
         "The flag for a batch of `batch` rows: a bool, or a bool tensor (batch,) (a per-video tensor repeated over its frames)."
-        v = self.value
-        if isinstance(v, bool): return v
-        v = torch.as_tensor(v, dtype=torch.bool, device=device).flatten()
-        if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
-        v = v.repeat_interleave(batch // len(v))
-        return bool(v[0]) if (v == v[0]).all() else v
+        return self.rows_and_key(batch, device)[0]
+
+    def rows_and_key(self, batch: int, device) -> tuple:
+        "rows(batch, device) and a hashable form of it (a TextKVCache key), worked out once per value: every layer of a UNet call asks, and a GPU mask is read back once."
+        if (batch, str(device)) not in self._memo:
+            v = self.value
+            if isinstance(v, bool): self._memo[batch, str(device)] = v, v
+            else:
+                v = torch.as_tensor(v, dtype=torch.bool).flatten()
+                if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
+                v = v.cpu().repeat_interleave(batch // len(v))
+                same = bool(v[0]) if (v == v[0]).all() else None
+                self._memo[batch, str(device)] = (same, same) if same is not None else (v.to(device), tuple(v.tolist()))
+        return self._memo[batch, str(device)]
 
 class SplicedTextKVProcessor(nn.Module):
     "Processor for a text cross-attention: K, V through new copies of to_k / to_v for spliced prompts, through the originals otherwise."
@@ -232,10 +246,9 @@ class SplicedTextKVProcessor(nn.Module):
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is None: context = hidden_states
         elif attn.norm_cross: context = attn.norm_encoder_hidden_states(context)
-        spliced = self.flag.rows(batch, context.device)
+        spliced, which = self.flag.rows_and_key(batch, context.device)
         if encoder_hidden_states is None: key, value = self._kv(attn, context, spliced)
-        else: key, value = self.flag.cache.get(self, context, spliced if isinstance(spliced, bool) else tuple(spliced.tolist()),
-                                               lambda: self._kv(attn, context, spliced))
+        else: key, value = self.flag.cache.get(self, context, which, lambda: self._kv(attn, context, spliced))
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
         if attn.norm_q is not None: query = attn.norm_q(query)
