@@ -1,23 +1,30 @@
 #!/usr/bin/env python
-"""vb_nb's default generate against stock diffusers AnimateDiffPipeline on the same UNet weights, frames, size and steps.
+"""vb_nb's default generate against stock diffusers AnimateDiffPipeline, and AnimateDiff + IP-Adapter, on the same UNet weights, frames, size and steps.
 
   vb_default   vb_nb.sample.generate at its default guidance (text 4.0, image 2.0: three guidance branches)
   vb_one       generate with one guidance scale (text = image = 4.0: two branches)
   stock        diffusers' AnimateDiffPipeline, plain text classifier-free guidance at 4.0 (two branches)
+  ip_adapter   AnimateDiffPipeline with an IP-Adapter, given the same image prompt (ip_adapter_image=), guidance 4.0
 
 Configs: toy (the embedded default model: 64 px, 8 frames, 25 steps) and medium (vb_nb.model.build_unet('medium'), random
 weights, built offline around an 8x VAE and 256-wide CLIP towers; 256 px, 8 frames, 25 steps). The stock pipeline gets a
 stock UNetMotionModel with the same weights (without vb_nb's processors and motion-text path), the same VAE, text tower,
-tokenizer and DDIM scheduler.
+tokenizer and DDIM scheduler. The IP-Adapter peer is built offline with random weights: a CLIPVisionModelWithProjection of
+vb_nb's image-tower config (random init) and an IP-Adapter state dict (image_proj: a linear map from the tower's projection
+to 4 tokens of the UNet's cross-attention width, and a LayerNorm; ip_adapter: to_k_ip / to_v_ip for each cross-attention
+layer, shaped like that layer's to_k / to_v), written as safetensors in a temporary folder laid out like an IP-Adapter repo
+(models/ip-adapter_random.safetensors, models/image_encoder/) and loaded onto another copy of the stock UNet with the
+pipeline's own load_ip_adapter, which installs diffusers' IPAdapterAttnProcessor2_0.
 
 Timing: the variants run interleaved in one process, their order rotating every repetition, with torch pinned to one
 thread; after one untimed warm-up each. Per step: (time of the last step's end - time of the first step's end) /
 (steps - 1), from each pipeline's step callback. Per video: the whole call. Each repetition gives a ratio against the
 stock run of the same repetition; the median and min..max of those ratios are reported. Results: JSON and Markdown in
-benchmarks/results/peers/ (--out). AnimateDiff + IP-Adapter is not measured here.
+benchmarks/results/peers/ (--out).
 
   nice -n 10 python benchmarks/bench_peers.py                  # full: toy and medium
   python benchmarks/bench_peers.py --quick                     # a check: 2 repetitions, 3 steps, results in /tmp
+  python benchmarks/bench_peers.py --configs toy --reps 1 --steps 2 --out /tmp/peers   # a smoke run
 """
 from __future__ import annotations
 import argparse, copy, json, os, platform, statistics, sys, tempfile, time
@@ -29,8 +36,8 @@ import torch
 import diffusers
 diffusers.utils.logging.set_verbosity_error()
 
-VARIANTS = ('stock', 'vb_default', 'vb_one')
-CONFIGS = {'toy': dict(size=64, frames=8, steps=25, reps=5), 'medium': dict(size=256, frames=8, steps=25, reps=2)}   # medium: 2 repetitions keep a full run near 10 minutes on 2 cores
+VARIANTS = ('stock', 'vb_default', 'vb_one', 'ip_adapter')
+CONFIGS = {'toy': dict(size=64, frames=8, steps=25, reps=5), 'medium': dict(size=256, frames=8, steps=25, reps=2)}   # medium: 2 repetitions keep a full run near 12 minutes on 2 cores
 PROMPT, GUIDANCE, IMAGE_GUIDANCE = 'a star drifts to the left, then up over green grass', 4.0, 2.0
 
 
@@ -76,7 +83,51 @@ def toy_model():
     return pipe, stock.eval()
 
 
-def build(name):
+IP_ADAPTER_TOKENS = 4                                 # the basic IP-Adapter's image tokens (diffusers' loader infers 4 from `proj.weight`)
+
+
+def cross_attention_layers(unet):
+    "The attention layers an IP-Adapter attaches to, in the order diffusers' loader numbers them: every cross-attention (attn2) outside the motion modules."
+    return [n[:-len('.processor')] for n in unet.attn_processors if n.endswith('attn2.processor') and 'motion_modules' not in n]
+
+
+def random_ip_adapter(unet, image_encoder, seed=0) -> dict:
+    """An IP-Adapter state dict with random weights, keyed as diffusers' `load_ip_adapter` reads a .safetensors file.
+
+    image_proj.proj (4 tokens x the UNet's cross-attention width, from the encoder's projection) and image_proj.norm;
+    ip_adapter.{1, 3, 5, ...}.to_k_ip / to_v_ip: the loader counts cross-attention layers in `attn_processors` order,
+    from 1 in steps of 2 (the original checkpoints number self- and cross-attention layers together)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g) * shape[-1] ** -0.5        # unit-variance outputs for unit-variance inputs
+    width, embed = unet.config.cross_attention_dim, image_encoder.config.projection_dim
+    sd = {'image_proj.proj.weight': rand(IP_ADAPTER_TOKENS * width, embed), 'image_proj.proj.bias': torch.zeros(IP_ADAPTER_TOKENS * width),
+          'image_proj.norm.weight': torch.ones(width), 'image_proj.norm.bias': torch.zeros(width)}
+    for i, name in enumerate(cross_attention_layers(unet)):
+        attn = unet.get_submodule(name)
+        sd[f'ip_adapter.{2 * i + 1}.to_k_ip.weight'] = rand(*attn.to_k.weight.shape)
+        sd[f'ip_adapter.{2 * i + 1}.to_v_ip.weight'] = rand(*attn.to_v.weight.shape)
+    return sd
+
+
+def ip_adapter_pipeline(stock, image_encoder_config, seed=0):
+    "An AnimateDiffPipeline sharing `stock`'s parts but a copy of its UNet, with a random IP-Adapter loaded by `load_ip_adapter` from a temporary folder."
+    from diffusers import AnimateDiffPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+    from vb_nb.clip import _quiet_transformers                 # no save/load progress bars in the benchmark's output
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(image_encoder_config).eval()
+    pipe = AnimateDiffPipeline(vae=stock.vae, text_encoder=stock.text_encoder, tokenizer=stock.tokenizer, unet=copy.deepcopy(stock.unet),
+                               motion_adapter=None, scheduler=copy.deepcopy(stock.scheduler))
+    with tempfile.TemporaryDirectory(prefix='ip_adapter.') as d, _quiet_transformers():
+        encoder.save_pretrained(Path(d)/'models'/'image_encoder')
+        save_file(random_ip_adapter(pipe.unet, encoder, seed), Path(d)/'models'/'ip-adapter_random.safetensors')
+        pipe.load_ip_adapter(d, subfolder='models', weight_name='ip-adapter_random.safetensors', image_encoder_folder='image_encoder')
+    return pipe
+
+
+def build(name) -> dict:
+    "The variants' pipelines: {'vb': VideoBoothPipeline, 'stock': AnimateDiffPipeline, 'ip_adapter': AnimateDiffPipeline with an IP-Adapter}."
     from diffusers import AnimateDiffPipeline, DDIMScheduler
     from vb_nb.sample import VideoBoothPipeline
     if name == 'toy': pipe, stock_unet = toy_model()
@@ -86,8 +137,9 @@ def build(name):
     m = pipe.model
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     stock = AnimateDiffPipeline(vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, unet=stock_unet, motion_adapter=None, scheduler=sched)
-    for p in (pipe, stock): p.set_progress_bar_config(disable=True)
-    return pipe, stock
+    pipes = dict(vb=pipe, stock=stock, ip_adapter=ip_adapter_pipeline(stock, m.image_encoder.config))
+    for p in pipes.values(): p.set_progress_bar_config(disable=True)
+    return pipes
 
 
 class Stamps:
@@ -98,17 +150,25 @@ class Stamps:
     def per_step(self): return (self.t[-1] - self.t[0]) / (len(self.t) - 1)
 
 
-def run(variant, pipe, stock, cfg, steps, image, seed):
-    "One video of `variant`: (seconds per video, seconds per step)."
+def animatediff(pipe, cfg, steps, seed, callback=None, **kw):
+    "A video from a stock AnimateDiffPipeline at the benchmark's prompt, size, frames and guidance (`kw`: ip_adapter_image=)."
+    return pipe(PROMPT, num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], num_inference_steps=steps, guidance_scale=GUIDANCE,
+                generator=torch.Generator().manual_seed(seed), output_type='np', callback_on_step_end=callback, **kw).frames
+
+
+def run(variant, pipes, cfg, steps, image, seed):
+    "One video of `variant`: (seconds per video, seconds per step). `image`: the image prompt's path."
+    from PIL import Image
     from vb_nb.sample import generate
     s = Stamps()
     t0 = time.perf_counter()
-    if variant == 'stock':
-        stock(PROMPT, num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], num_inference_steps=steps, guidance_scale=GUIDANCE,
-              generator=torch.Generator().manual_seed(seed), output_type='np', callback_on_step_end=s.stock)
+    if variant == 'stock': animatediff(pipes['stock'], cfg, steps, seed, s.stock)
+    elif variant == 'ip_adapter':
+        with Image.open(image) as im: pil = im.convert('RGB')     # read inside the clock, as generate reads its image from the path
+        animatediff(pipes['ip_adapter'], cfg, steps, seed, s.stock, ip_adapter_image=pil)
     else:
         ig = IMAGE_GUIDANCE if variant == 'vb_default' else GUIDANCE
-        generate(image, PROMPT, model=pipe, num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], steps=steps,
+        generate(image, PROMPT, model=pipes['vb'], num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], steps=steps,
                  text_guidance=GUIDANCE, image_guidance=ig, seed=seed, refine='director', progress=False, callback=s.vb)
     return time.perf_counter() - t0, s.per_step()
 
@@ -117,17 +177,18 @@ def summary(ratios):
     return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios))
 
 
-def bench(name, a):
+def bench(name, a, pipes=None):
+    "Time every variant on config `name` (`pipes`: from `build(name)`, built here if None)."
     from vb_nb.sample import example_images
     cfg = dict(CONFIGS[name]); steps, reps = a.steps or cfg['steps'], a.reps or cfg['reps']
-    pipe, stock = build(name)
+    pipes = pipes or build(name)
     image = example_images()['red_checkered_star']
-    for v in VARIANTS: run(v, pipe, stock, cfg, 2, image, 0)                 # warm-up, untimed
+    for v in VARIANTS: run(v, pipes, cfg, 2, image, 0)                       # warm-up, untimed
     times = {v: {'video': [], 'step': []} for v in VARIANTS}
     for r in range(reps):
         order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]   # rotating order
         for v in order:
-            video, step = run(v, pipe, stock, cfg, steps, image, r)
+            video, step = run(v, pipes, cfg, steps, image, r)
             times[v]['video'].append(video); times[v]['step'].append(step)
         print(f"  {name} rep {r + 1}/{reps}: " + ', '.join(f"{v} {times[v]['video'][-1]:.2f} s" for v in VARIANTS), flush=True)
     out = dict(config=name, size=cfg['size'], frames=cfg['frames'], steps=steps, reps=reps, seconds=times, ratios={})
@@ -137,7 +198,7 @@ def bench(name, a):
 
 
 def markdown(res, env) -> str:
-    lines = [f"# vb_nb against stock AnimateDiffPipeline", '', f"{env['device']}; torch {env['torch']}, diffusers {env['diffusers']}; "
+    lines = [f"# vb_nb against stock AnimateDiffPipeline and AnimateDiff + IP-Adapter", '', f"{env['device']}; torch {env['torch']}, diffusers {env['diffusers']}; "
              f"{env['threads']} thread; variants interleaved, order rotating. Command: `{env['command']}`", '',
              '| config | steps x reps | variant | median s/step | median s/video | ratio per step, median (min..max) | ratio per video, median (min..max) |',
              '|---|---|---|---|---|---|---|']
@@ -147,7 +208,8 @@ def markdown(res, env) -> str:
             rat = lambda k: '1' if v == 'stock' else f"{r['ratios'][v][k]['median']:.2f} ({r['ratios'][v][k]['min']:.2f}..{r['ratios'][v][k]['max']:.2f})"
             lines.append(f"| {r['config']} {r['size']} px, {r['frames']} frames | {r['steps']} x {r['reps']} | {v} | {statistics.median(t['step']):.3f} | "
                          f"{statistics.median(t['video']):.2f} | {rat('step')} | {rat('video')} |")
-    lines += ['', 'stock: AnimateDiffPipeline, text guidance 4.0. vb_default: generate at text 4.0, image 2.0. vb_one: text = image = 4.0.', '']
+    lines += ['', 'stock: AnimateDiffPipeline, text guidance 4.0. vb_default: generate at text 4.0, image 2.0. vb_one: text = image = 4.0. '
+              'ip_adapter: AnimateDiffPipeline with a random IP-Adapter (loaded by load_ip_adapter), the same image prompt, text guidance 4.0.', '']
     return '\n'.join(lines)
 
 
