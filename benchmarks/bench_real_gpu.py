@@ -157,7 +157,7 @@ def main(argv=None):
                  image_encoder=millions(parts['image_encoder']), adapter=millions(model.adapter))
     model.set_stage(2)
     sizes['trained_stage2'] = round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 1)
-    enable_checkpointing(model); store_frozen_in(model, torch.bfloat16)
+    enable_checkpointing(model); store_frozen_in(model, torch.bfloat16, keep=(model.adapter,))   # as train_stage does: the adapter saves in fp32
     model.to(device).train()
     train = [attempt(training_step, model, int(b), frames, size, device) for b in a.batches.split(',')]
     model.requires_grad_(False).eval(); model.to(torch.bfloat16)
