@@ -15,11 +15,14 @@ from diffusers import AutoencoderKL
 from . import toyworld as tw
 from .core import atomic_path, outputs_dir
 from .dataset import sample_frame_indices
-from .eval import benchmark_prompts, toy_measurements
+from .eval import benchmark_prompts, toy_measurements, real_clip
+from .model import UNET_CONFIGS, build_unet
 
 # %% auto #0
-__all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'held_out_clips', 'vae_roundtrip', 'oracle_ceiling', 'subject_crops',
-           'training_frames', 'train_vae', 'vae_study', 'denoise_from', 'load_toy_videobooth', 'denoiser_study']
+__all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
+           'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
+           'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
+           'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -167,4 +170,96 @@ def denoiser_study(out, model, starts=(999, 750, 500, 250), n_prompts: int = 12,
         print(t_start, {k: round(v, 3) for k, v in res[str(t_start)].items()}, flush=True)
         Path(out).mkdir(parents=True, exist_ok=True)
         with atomic_path(Path(out)/'denoiser.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    return res
+
+# %% ../nbs/08b_limits.ipynb #03f21e38
+SCALING_SIZES = {   # name -> UNet config: the shipped size, and one 1.5x as wide with the text read at both levels
+    'tiny': UNET_CONFIGS['tiny'],
+    'wide': dict(UNET_CONFIGS['tiny'], block_out_channels=(48, 96), down_block_types=('CrossAttnDownBlockMotion',) * 2,
+                 up_block_types=('CrossAttnUpBlockMotion',) * 2),
+}
+def unet_params(size: str) -> int: return sum(p.numel() for p in build_unet(SCALING_SIZES[size]).parameters())
+
+# %% ../nbs/08b_limits.ipynb #89820945
+def training_clips(n: int = 2000, seed: int = 0) -> tuple:
+    "The first `n` toyworld training clips rendered in memory (uint8 (n, 8, 64, 64, 3), sampled as the benchmark samples real clips) and their captions."
+    specs = [tw.random_spec(seed, 'train', i) for i in range(n)]
+    return np.stack([real_clip(s) for s, _ in specs]), [c for _, c in specs]
+
+SCALING_RECIPE = dict(batch_size=4, lr=6e-4, warmup_steps=100, lr_schedule='constant', noise_schedule='sd')
+
+def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200), vae=None, seed: int = 0, checkpoint_every: int = 50) -> list:
+    "Train a new text-to-video base of UNet `size` on `clips` (frames, captions) with SCALING_RECIPE; its folder at each step of `save_at` goes to out/step_N. Resumes; returns the loss per step."
+    from vb_nb.train import TrainConfig, StageInputs, build_stage_model, fit, save_final, seed_everything
+    from vb_nb.sample import toy_model_dir
+    if size not in SCALING_SIZES: raise ValueError(f"unknown size {size!r}; choose one of {list(SCALING_SIZES)}")
+    out, (frames, captions) = Path(out), clips
+    seed_everything(seed)
+    base = build_stage_model('base', StageInputs(vae=str(vae or toy_model_dir()/'vae')), noise_schedule=SCALING_RECIPE['noise_schedule'])
+    base.unet = build_unet(SCALING_SIZES[size], seed=seed).train()
+    cfg = TrainConfig(stage='base', out_dir=str(out), max_steps=max(save_at), checkpoint_every=checkpoint_every, sample_steps=0, seed=seed,
+                      **SCALING_RECIPE)
+    def batch_fn(step):
+        idx = torch.randint(len(captions), (cfg.batch_size,)).numpy()
+        return dict(pixel_values=torch.from_numpy(frames[idx]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx])
+    def on_checkpoint(step, ck):
+        if step in save_at: save_final('base', base, out/f'step_{step}')
+    return fit(cfg, base, lambda m, b: m(b, cfg.text_dropout), batch_fn, on_checkpoint=on_checkpoint)
+
+# %% ../nbs/08b_limits.ipynb #5be38c55
+SCALING_METRICS = ('category', 'motion', 'temporal', 'clip_t')
+
+def scaling_measures(unet, vae, n_prompts: int = 24, seed: int = 0, timesteps=(100, 300, 500, 700, 900), out=None) -> dict:
+    "The text-only benchmark metrics (SCALING_METRICS) of base UNet folder `unet` around VAE folder `vae`, and its diffusion loss on the prompts' real clips at `timesteps`; the benchmark's rows go to `out`."
+    from vb_nb.eval import run_benchmark, default_systems
+    from vb_nb.model import VideoBooth
+    from vb_nb.train import StageInputs, build_stage_model, caption_loss, video_latents
+    name, items = 'base / text only', benchmark_prompts(n_prompts, 0)
+    res = run_benchmark(n_prompts, (seed,), {name: default_systems()[name]}, VideoBooth.from_toy_parts(vae, unet).eval(),
+                        out_dir=out or Path(unet)/'benchmark', progress=False)['systems'][name]
+    base = build_stage_model('base', StageInputs(vae=str(vae), unet=str(unet))).eval()
+    x = torch.from_numpy(np.stack([real_clip(it['spec']) for it in items])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    with torch.no_grad(): lat = video_latents(base.vae, x, sample=False)
+    loss = caption_loss(base, lat, [it['prompt'] for it in items], timesteps)
+    return dict({k: res[k]['mean'] for k in SCALING_METRICS}, loss=float(np.mean(list(loss.values()))), loss_by_t={str(t): v for t, v in loss.items()},
+                prediction=base.noise_scheduler.config.prediction_type)
+
+# %% ../nbs/08b_limits.ipynb #2198d319
+def scaling_config(sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000) -> dict:
+    "What a scaling study runs (as JSON would hold it)."
+    return json.loads(json.dumps(dict(sizes={s: SCALING_SIZES[s] for s in sizes}, save_at=list(save_at), n_prompts=n_prompts, seeds=[0],
+                                      n_clips=n_clips, recipe=SCALING_RECIPE, timesteps=[100, 300, 500, 700, 900])))
+
+def _measured(unet, vae, n_prompts, out_json) -> dict:
+    "scaling_measures of `unet`, kept in `out_json` and read back from it when there."
+    if Path(out_json).is_file(): return json.loads(Path(out_json).read_text())
+    m = scaling_measures(unet, vae, n_prompts)
+    with atomic_path(out_json) as tmp: tmp.write_text(json.dumps(m))
+    return m
+
+def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000, runs=None) -> dict:
+    "The scaling table: the shipped base, then each UNet size trained and measured at each step of `save_at`; written to out/scaling.json (runs under `runs`, default outputs/limits/scaling)."
+    from vb_nb.train import checkpoints
+    from vb_nb.sample import toy_model_dir
+    out, runs, toy = Path(out), Path(runs or outputs_dir()/'limits'/'scaling'), toy_model_dir()
+    runs.mkdir(parents=True, exist_ok=True); out.mkdir(parents=True, exist_ok=True)
+    log = json.loads((toy/'train_log.json').read_text())
+    res = dict(config=scaling_config(sizes, save_at, n_prompts, n_clips), hardware=f"CPU, torch threads {torch.get_num_threads()}",
+               shipped=dict(params=unet_params('tiny'), steps={k: log[k]['steps'] for k in ('base', 'base_zsnr_ft_mt', 'base_zsnr_ft_mt_path_straight')},
+                            **_measured(toy/'unet', toy/'vae', n_prompts, runs/'shipped.json')), runs={})
+    write = lambda: atomic_path(out/'scaling.json')
+    clips = training_clips(n_clips)
+    for size in sizes:
+        t = time.time()
+        losses = train_scaling_run(runs/size, size, clips, save_at)
+        seconds = json.loads((checkpoints(runs/size)[-1]/'state.json').read_text())['seconds']
+        r = res['runs'][size] = dict(params=unet_params(size), train_seconds=seconds, losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+                                     steps={})
+        t = time.time()
+        for s in save_at:
+            r['steps'][str(s)] = _measured(runs/size/f'step_{s}', toy/'vae', n_prompts, runs/size/f'step_{s}.json')
+            print(size, s, {k: round(v, 3) for k, v in r['steps'][str(s)].items() if k in (*SCALING_METRICS, 'loss')}, flush=True)
+        r['measure_seconds'] = time.time() - t
+        with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
+    with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
     return res
