@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_limits.ipynb #b2fd4cb9
 from __future__ import annotations
-import json, time
+import json, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -210,13 +210,13 @@ def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200
 SCALING_METRICS = ('category', 'motion', 'temporal', 'clip_t')
 
 def scaling_measures(unet, vae, n_prompts: int = 24, seed: int = 0, timesteps=(100, 300, 500, 700, 900), out=None) -> dict:
-    "The text-only benchmark metrics (SCALING_METRICS) of base UNet folder `unet` around VAE folder `vae`, and its diffusion loss on the prompts' real clips at `timesteps`; the benchmark's rows go to `out`."
+    "The text-only benchmark metrics (SCALING_METRICS) of base UNet folder `unet` around VAE folder `vae`, and its diffusion loss on the prompts' real clips at `timesteps`; the benchmark's rows go to `out` (default: a new temporary folder)."
     from vb_nb.eval import run_benchmark, default_systems
     from vb_nb.model import VideoBooth
     from vb_nb.train import StageInputs, build_stage_model, caption_loss, video_latents
     name, items = 'base / text only', benchmark_prompts(n_prompts, 0)
     res = run_benchmark(n_prompts, (seed,), {name: default_systems()[name]}, VideoBooth.from_toy_parts(vae, unet).eval(),
-                        out_dir=out or Path(unet)/'benchmark', progress=False)['systems'][name]
+                        out_dir=out or tempfile.mkdtemp(), progress=False)['systems'][name]
     base = build_stage_model('base', StageInputs(vae=str(vae), unet=str(unet))).eval()
     x = torch.from_numpy(np.stack([real_clip(it['spec']) for it in items])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     with torch.no_grad(): lat = video_latents(base.vae, x, sample=False)
@@ -233,7 +233,7 @@ def scaling_config(sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prom
 def _measured(unet, vae, n_prompts, out_json) -> dict:
     "scaling_measures of `unet`, kept in `out_json` and read back from it when there."
     if Path(out_json).is_file(): return json.loads(Path(out_json).read_text())
-    m = scaling_measures(unet, vae, n_prompts)
+    m = scaling_measures(unet, vae, n_prompts, out=Path(out_json).with_suffix(''))     # the benchmark's rows beside it
     with atomic_path(out_json) as tmp: tmp.write_text(json.dumps(m))
     return m
 
