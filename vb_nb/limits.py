@@ -22,7 +22,7 @@ from .model import UNET_CONFIGS, build_unet
 __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
            'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
            'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
-           'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study']
+           'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'text_probe']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -263,3 +263,18 @@ def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_
         with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
     with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
     return res
+
+# %% ../nbs/08b_limits.ipynb #2ce6a2ff
+def text_probe(model, attribute: str = 'category', n: int = 1200, n_test: int = 200, steps: int = 300, seed: int = 0) -> float:
+    "Held-out accuracy of a linear probe reading a toyworld attribute ('category', 'colour', 'background') off the mean of `model`'s text states of training captions."
+    specs = [tw.random_spec(0, 'train', i) for i in range(n)]
+    labels = [getattr(s, attribute) for s, _ in specs]
+    names = sorted(set(labels)); y = torch.tensor([names.index(l) for l in labels])
+    with torch.no_grad():
+        x = torch.cat([model.encode_prompts([c for _, c in specs[i:i + 100]], splice=False)[0] for i in range(0, n, 100)]).mean(1)
+    x = (x - x[:-n_test].mean(0)) / (x[:-n_test].std(0) + 1e-6)
+    torch.manual_seed(seed); lin = torch.nn.Linear(x.shape[1], len(names)); opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad(); F.cross_entropy(lin(x[:-n_test]), y[:-n_test]).backward(); opt.step()
+    with torch.no_grad(): return (lin(x[-n_test:]).argmax(1) == y[-n_test:]).float().mean().item()
+
