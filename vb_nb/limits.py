@@ -22,7 +22,8 @@ from .model import UNET_CONFIGS, build_unet
 __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
            'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
            'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
-           'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'text_probe']
+           'subject_weighted_loss', 'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study',
+           'weighting_config', 'weighting_study', 'text_probe']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -181,19 +182,32 @@ SCALING_SIZES = {   # name -> UNet config: the shipped size, and one 1.5x as wid
 def unet_params(size: str) -> int: return sum(p.numel() for p in build_unet(SCALING_SIZES[size]).parameters())
 
 # %% ../nbs/08b_limits.ipynb #89820945
-def training_clips(n: int = 2000, seed: int = 0) -> tuple:
-    "The first `n` toyworld training clips rendered in memory (uint8 (n, 8, 64, 64, 3), sampled as the benchmark samples real clips) and their captions."
+def training_clips(n: int = 2000, seed: int = 0, masks: bool = False) -> tuple:
+    "The first `n` toyworld training clips rendered in memory (uint8 (n, 8, 64, 64, 3), sampled as the benchmark samples real clips) and their captions; masks: and the subject's masks, bool (n, 8, 64, 64)."
     specs = [tw.random_spec(seed, 'train', i) for i in range(n)]
-    return np.stack([real_clip(s) for s, _ in specs]), [c for _, c in specs]
+    if not masks: return np.stack([real_clip(s) for s, _ in specs]), [c for _, c in specs]
+    drawn = [tw.render_clip(s) for s, _ in specs]
+    idx = [sample_frame_indices(len(f), 8) for f, _, _ in drawn]
+    return np.stack([f[i] for (f, _, _), i in zip(drawn, idx)]), [c for _, c in specs], np.stack([m[i] for (_, _, m), i in zip(drawn, idx)])
+
+def subject_weighted_loss(base, batch, weight: float, text_dropout: float = 0.0) -> torch.Tensor:
+    "A base's diffusion MSE with each latent cell weighted 1 + (weight - 1) x (its share of subject pixels, batch['masks']), normalised by the mean weight."
+    pred, target = base.prediction(batch, text_dropout)
+    m = batch['masks'].float()                                                    # (b, frames, H, W)
+    share = F.adaptive_avg_pool2d(m.flatten(0, 1), pred.shape[-2:]).view(m.shape[0], 1, m.shape[1], *pred.shape[-2:])
+    w = 1 + (weight - 1) * share
+    return (w * (pred - target) ** 2).mean() / w.mean()
 
 SCALING_RECIPE = dict(batch_size=4, lr=6e-4, warmup_steps=100, lr_schedule='constant', noise_schedule='sd')
 
-def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200), vae=None, seed: int = 0, checkpoint_every: int = 50) -> list:
-    "Train a new text-to-video base of UNet `size` on `clips` (frames, captions) with SCALING_RECIPE; its folder at each step of `save_at` goes to out/step_N. Resumes; returns the loss per step."
+def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200), vae=None, seed: int = 0, checkpoint_every: int = 50,
+                      subject_weight: float = 1.0) -> list:
+    "Train a new text-to-video base of UNet `size` on `clips` (frames, captions[, masks]) with SCALING_RECIPE; its folder at each step of `save_at` goes to out/step_N; subject_weight > 1: subject_weighted_loss (needs the masks). Resumes; returns the loss per step."
     from vb_nb.train import TrainConfig, StageInputs, build_stage_model, fit, save_final, seed_everything
     from vb_nb.sample import toy_model_dir
     if size not in SCALING_SIZES: raise ValueError(f"unknown size {size!r}; choose one of {list(SCALING_SIZES)}")
-    out, (frames, captions) = Path(out), clips
+    if subject_weight != 1 and len(clips) < 3: raise ValueError("subject_weight needs the subjects' masks: clips from training_clips(..., masks=True)")
+    out, (frames, captions), masks = Path(out), clips[:2], (clips[2] if len(clips) > 2 else None)
     seed_everything(seed)
     base = build_stage_model('base', StageInputs(vae=str(vae or toy_model_dir()/'vae')), noise_schedule=SCALING_RECIPE['noise_schedule'])
     base.unet = build_unet(SCALING_SIZES[size], seed=seed).train()
@@ -201,10 +215,12 @@ def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200
                       **SCALING_RECIPE)
     def batch_fn(step):
         idx = torch.randint(len(captions), (cfg.batch_size,)).numpy()
-        return dict(pixel_values=torch.from_numpy(frames[idx]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx])
+        b = dict(pixel_values=torch.from_numpy(frames[idx]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx])
+        return b if masks is None else dict(b, masks=torch.from_numpy(masks[idx]))
     def on_checkpoint(step, ck):
         if step in save_at: save_final('base', base, out/f'step_{step}')
-    return fit(cfg, base, lambda m, b: m(b, cfg.text_dropout), batch_fn, on_checkpoint=on_checkpoint)
+    loss = (lambda m, b: m(b, cfg.text_dropout)) if subject_weight == 1 else (lambda m, b: subject_weighted_loss(m, b, subject_weight, cfg.text_dropout))
+    return fit(cfg, base, loss, batch_fn, on_checkpoint=on_checkpoint)
 
 # %% ../nbs/08b_limits.ipynb #5be38c55
 SCALING_METRICS = ('category', 'motion', 'temporal', 'clip_t')
@@ -263,6 +279,25 @@ def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_
         with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
     with write() as tmp: tmp.write_text(json.dumps(res, indent=1))
     return res
+
+# %% ../nbs/08b_limits.ipynb #6f1c14ad
+def weighting_config(size: str = 'tiny', weight: float = 9.0, save_at=(400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000) -> dict:
+    "What a weighting study runs (as JSON would hold it)."
+    return dict(scaling_config((size,), save_at, n_prompts, n_clips), subject_weight=weight)
+
+def weighting_study(out, size: str = 'tiny', weight: float = 9.0, save_at=(400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000, runs=None) -> dict:
+    "The scaling study's `size` run again with the subject weighted `weight` times in the loss; written to out/subject_weight.json (runs under `runs`)."
+    from vb_nb.train import checkpoints
+    from vb_nb.sample import toy_model_dir
+    run = Path(runs or outputs_dir()/'limits'/'scaling')/f'{size}_subject_x{weight:g}'
+    train_scaling_run(run, size, training_clips(n_clips, masks=True), save_at, subject_weight=weight)
+    res = dict(config=weighting_config(size, weight, save_at, n_prompts, n_clips), hardware=f"CPU, torch threads {torch.get_num_threads()}",
+               train_seconds=json.loads((checkpoints(run)[-1]/'state.json').read_text())['seconds'],
+               steps={str(s): _measured(run/f'step_{s}', toy_model_dir()/'vae', n_prompts, run/f'step_{s}.json') for s in save_at})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out)/'subject_weight.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    return res
+
 
 # %% ../nbs/08b_limits.ipynb #2ce6a2ff
 def text_probe(model, attribute: str = 'category', n: int = 1200, n_test: int = 200, steps: int = 300, seed: int = 0) -> float:

@@ -372,15 +372,19 @@ class TextToVideo(torch.nn.Module):
         self.noise_scheduler = noise_scheduler or sd_noise_scheduler()
         for m in (vae, text_encoder): m.requires_grad_(False).eval()
 
-    def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
-        "Diffusion MSE (epsilon or v, as the noise scheduler predicts) on a batch of clips and captions, at timesteps from `min_timestep` on."
+    def prediction(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        "The UNet's prediction and its target (epsilon or v, as the noise scheduler predicts), both fp32 (batch, C, frames, h, w), for a batch of clips and captions at timesteps from `min_timestep` on."
         from vb_nb.clip import encode_text
         latents = video_latents(self.vae, batch['pixel_values']).float()     # the VAE may be stored in bf16 / fp16: the noise is added in fp32
         noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
         prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
         with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
         pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
-        return torch.nn.functional.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t))
+        return pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t)
+
+    def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
+        "Diffusion MSE of `prediction` on a batch of clips and captions."
+        return torch.nn.functional.mse_loss(*self.prediction(batch, text_dropout, min_timestep))
 
 # %% ../nbs/08_train.ipynb #wgfn0001
 def swap_words(text: str, a: str, b: str) -> str:
