@@ -187,12 +187,7 @@ class TextKVCache:
 # %% ../nbs/05_splice.ipynb #7c514804
 class SpliceFlag:
     "Which rows of the next UNet call carry a spliced prompt: a bool, or a bool tensor per video (or per batch row). Use `with flag(value):`."
-    def __init__(self, value=False): self._memo, self.value, self.cache = {}, value, TextKVCache()   # the cache: the processors' text K/V while a sampler runs
-
-    @property
-    def value(self): return self._value
-    @value.setter
-    def value(self, v): self._value = v; self._memo.clear()       # what rows() worked out belongs to the old value
+    def __init__(self, value=False): self.value, self.cache, self._memo = value, TextKVCache(), {}   # the cache: the processors' text K/V while a sampler runs
 
     @contextlib.contextmanager
     def __call__(self, value):
@@ -205,17 +200,18 @@ class SpliceFlag:
         return self.rows_and_key(batch, device)[0]
 
     def rows_and_key(self, batch: int, device) -> tuple:
-        "rows(batch, device) and a hashable form of it (a TextKVCache key), worked out once per value: every layer of a UNet call asks, and a GPU mask is read back once."
-        if (batch, str(device)) not in self._memo:
-            v = self.value
-            if isinstance(v, bool): self._memo[batch, str(device)] = v, v
-            else:
-                v = torch.as_tensor(v, dtype=torch.bool).flatten()
-                if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
-                v = v.cpu().repeat_interleave(batch // len(v))
-                same = bool(v[0]) if (v == v[0]).all() else None
-                self._memo[batch, str(device)] = (same, same) if same is not None else (v.to(device), tuple(v.tolist()))
-        return self._memo[batch, str(device)]
+        "rows(batch, device) and a hashable form of it (a TextKVCache key), worked out once per value (the same object): every layer of a UNet call asks, and a GPU mask is read back once."
+        value, slot = self.value, (batch, str(device))
+        if slot in self._memo and self._memo[slot][0] is value: return self._memo[slot][1]
+        if isinstance(value, bool): out = value, value
+        else:
+            v = torch.as_tensor(value, dtype=torch.bool).flatten()
+            if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
+            v = v.cpu().repeat_interleave(batch // len(v))
+            same = bool(v[0]) if (v == v[0]).all() else None
+            out = (same, same) if same is not None else (v.to(device), tuple(v.tolist()))
+        self._memo[slot] = value, out
+        return out
 
 class SplicedTextKVProcessor(nn.Module):
     "Processor for a text cross-attention: K, V through new copies of to_k / to_v for spliced prompts, through the originals otherwise."

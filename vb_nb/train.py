@@ -154,8 +154,11 @@ class NonFiniteLoss(RuntimeError):
     "The loss became NaN or infinite."
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    "The run's Accelerator. Started by torchrun on a machine without CUDA, it joins the other processes over gloo (accelerate does so only when told the run is on the CPU)."
+    "The run's Accelerator. Started by torchrun on a machine without CUDA, it joins the other processes over gloo (accelerate does so only when told the run is on the CPU). In one process, a run in another precision than the last one's starts afresh."
     several = int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+    if int(os.environ.get('WORLD_SIZE', '1')) == 1 and AcceleratorState._shared_state.get('_mixed_precision', cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()       # accelerate keeps one precision per process and would refuse this run (a notebook, a test session)
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=several)
 
 def autocast_dtype(acc: Accelerator) -> torch.dtype:
