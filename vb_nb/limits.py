@@ -22,7 +22,7 @@ from .model import UNET_CONFIGS, build_unet
 __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
            'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
            'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
-           'subject_weighted_loss', 'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study',
+           'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'subject_weighted_loss',
            'weighting_config', 'weighting_study', 'text_probe']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
@@ -185,18 +185,10 @@ def unet_params(size: str) -> int: return sum(p.numel() for p in build_unet(SCAL
 def training_clips(n: int = 2000, seed: int = 0, masks: bool = False) -> tuple:
     "The first `n` toyworld training clips rendered in memory (uint8 (n, 8, 64, 64, 3), sampled as the benchmark samples real clips) and their captions; masks: and the subject's masks, bool (n, 8, 64, 64)."
     specs = [tw.random_spec(seed, 'train', i) for i in range(n)]
-    if not masks: return np.stack([real_clip(s) for s, _ in specs]), [c for _, c in specs]
-    drawn = [tw.render_clip(s) for s, _ in specs]
-    idx = [sample_frame_indices(len(f), 8) for f, _, _ in drawn]
-    return np.stack([f[i] for (f, _, _), i in zip(drawn, idx)]), [c for _, c in specs], np.stack([m[i] for (_, _, m), i in zip(drawn, idx)])
-
-def subject_weighted_loss(base, batch, weight: float, text_dropout: float = 0.0) -> torch.Tensor:
-    "A base's diffusion MSE with each latent cell weighted 1 + (weight - 1) x (its share of subject pixels, batch['masks']), normalised by the mean weight."
-    pred, target = base.prediction(batch, text_dropout)
-    m = batch['masks'].float()                                                    # (b, frames, H, W)
-    share = F.adaptive_avg_pool2d(m.flatten(0, 1), pred.shape[-2:]).view(m.shape[0], 1, m.shape[1], *pred.shape[-2:])
-    w = 1 + (weight - 1) * share
-    return (w * (pred - target) ** 2).mean() / w.mean()
+    drawn = [tw.render_clip(s) for s, _ in specs]                                  # frames, boxes, masks
+    idx = [sample_frame_indices(len(f), 8) for f, _, _ in drawn]                   # as eval.real_clip samples them
+    out = np.stack([f[i] for (f, _, _), i in zip(drawn, idx)]), [c for _, c in specs]
+    return out + (np.stack([m[i] for (_, _, m), i in zip(drawn, idx)]),) if masks else out
 
 SCALING_RECIPE = dict(batch_size=4, lr=6e-4, warmup_steps=100, lr_schedule='constant', noise_schedule='sd')
 
@@ -246,6 +238,11 @@ def scaling_config(sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prom
     return json.loads(json.dumps(dict(sizes={s: SCALING_SIZES[s] for s in sizes}, save_at=list(save_at), n_prompts=n_prompts, seeds=[0],
                                       n_clips=n_clips, recipe=SCALING_RECIPE, timesteps=[100, 300, 500, 700, 900])))
 
+def _train_seconds(run) -> float:
+    "The training time a finished run's last checkpoint records (all its sessions together)."
+    from vb_nb.train import checkpoints
+    return json.loads((checkpoints(run)[-1]/'state.json').read_text())['seconds']
+
 def _measured(unet, vae, n_prompts, out_json) -> dict:
     "scaling_measures of `unet`, kept in `out_json` and read back from it when there."
     if Path(out_json).is_file(): return json.loads(Path(out_json).read_text())
@@ -255,7 +252,6 @@ def _measured(unet, vae, n_prompts, out_json) -> dict:
 
 def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000, runs=None) -> dict:
     "The scaling table: the shipped base, then each UNet size trained and measured at each step of `save_at`; written to out/scaling.json (runs under `runs`, default outputs/limits/scaling)."
-    from vb_nb.train import checkpoints
     from vb_nb.sample import toy_model_dir
     out, runs, toy = Path(out), Path(runs or outputs_dir()/'limits'/'scaling'), toy_model_dir()
     runs.mkdir(parents=True, exist_ok=True); out.mkdir(parents=True, exist_ok=True)
@@ -266,10 +262,8 @@ def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_
     write = lambda: atomic_path(out/'scaling.json')
     clips = training_clips(n_clips)
     for size in sizes:
-        t = time.time()
         losses = train_scaling_run(runs/size, size, clips, save_at)
-        seconds = json.loads((checkpoints(runs/size)[-1]/'state.json').read_text())['seconds']
-        r = res['runs'][size] = dict(params=unet_params(size), train_seconds=seconds, losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+        r = res['runs'][size] = dict(params=unet_params(size), train_seconds=_train_seconds(runs/size), losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                                      steps={})
         t = time.time()
         for s in save_at:
@@ -281,18 +275,25 @@ def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_
     return res
 
 # %% ../nbs/08b_limits.ipynb #6f1c14ad
+def subject_weighted_loss(base, batch, weight: float, text_dropout: float = 0.0) -> torch.Tensor:
+    "A base's diffusion MSE with each latent cell weighted 1 + (weight - 1) x (its share of subject pixels, batch['masks']), normalised by the mean weight."
+    pred, target = base.prediction(batch, text_dropout)
+    m = batch['masks'].float()                                                    # (b, frames, H, W)
+    share = F.adaptive_avg_pool2d(m.flatten(0, 1), pred.shape[-2:]).view(m.shape[0], 1, m.shape[1], *pred.shape[-2:])
+    w = 1 + (weight - 1) * share
+    return (w * (pred - target) ** 2).mean() / w.mean()
+
 def weighting_config(size: str = 'tiny', weight: float = 9.0, save_at=(400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000) -> dict:
     "What a weighting study runs (as JSON would hold it)."
     return dict(scaling_config((size,), save_at, n_prompts, n_clips), subject_weight=weight)
 
 def weighting_study(out, size: str = 'tiny', weight: float = 9.0, save_at=(400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000, runs=None) -> dict:
     "The scaling study's `size` run again with the subject weighted `weight` times in the loss; written to out/subject_weight.json (runs under `runs`)."
-    from vb_nb.train import checkpoints
     from vb_nb.sample import toy_model_dir
     run = Path(runs or outputs_dir()/'limits'/'scaling')/f'{size}_subject_x{weight:g}'
     train_scaling_run(run, size, training_clips(n_clips, masks=True), save_at, subject_weight=weight)
     res = dict(config=weighting_config(size, weight, save_at, n_prompts, n_clips), hardware=f"CPU, torch threads {torch.get_num_threads()}",
-               train_seconds=json.loads((checkpoints(run)[-1]/'state.json').read_text())['seconds'],
+               train_seconds=_train_seconds(run),
                steps={str(s): _measured(run/f'step_{s}', toy_model_dir()/'vae', n_prompts, run/f'step_{s}.json') for s in save_at})
     Path(out).mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(out)/'subject_weight.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
