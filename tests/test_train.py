@@ -184,6 +184,27 @@ def test_a_corrupt_video_is_skipped_recorded_and_not_read_again(tmp_path, toy_in
     assert len(more) == 4 and more[:2] == losses
 
 
+def test_a_bug_in_reading_an_item_is_raised_not_skipped():
+    class Buggy(torch.utils.data.Dataset):
+        def __len__(self): return 4
+        def __getitem__(self, i): return {}['pixel_values']          # a KeyError: a bug, not an unreadable file
+    skip = {}
+    with pytest.raises(KeyError): random_batch(Buggy(), 2, skip)
+    assert skip == {}
+
+
+def test_an_unreadable_item_is_skipped_for_the_next_readable_one():
+    from vb_nb.core import VideoReadError
+    class Half(torch.utils.data.Dataset):
+        def __len__(self): return 4
+        def __getitem__(self, i):
+            if i % 2: raise VideoReadError(f'v{i}.mp4', 'corrupt video stream')
+            return dict(x=torch.tensor([i]))
+    skip = {}
+    torch.manual_seed(0); b = random_batch(Half(), 6, skip)
+    assert (b['x'] % 2 == 0).all() and set(skip) <= {1, 3} and skip and all('VideoReadError' in e for e in skip.values())
+
+
 def test_partial_checkpoint_folders_are_removed(tmp_path, dataset):
     left = tmp_path/'checkpoints'/'.tmp_step_0000004'; left.mkdir(parents=True); (left/'trainable.safetensors').write_bytes(b'half')
     model = VideoBooth.toy(seed=0); model.set_stage(1)

@@ -23,7 +23,8 @@ __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 
            'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
            'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
            'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'subject_weighted_loss',
-           'weighting_config', 'weighting_study', 'text_probe']
+           'weighting_config', 'weighting_study', 'text_probe', 'captioned_clips', 'recall', 'memorise_config',
+           'memorise_study']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -193,18 +194,18 @@ def training_clips(n: int = 2000, seed: int = 0, masks: bool = False) -> tuple:
 SCALING_RECIPE = dict(batch_size=4, lr=6e-4, warmup_steps=100, lr_schedule='constant', noise_schedule='sd')
 
 def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200), vae=None, seed: int = 0, checkpoint_every: int = 50,
-                      subject_weight: float = 1.0) -> list:
-    "Train a new text-to-video base of UNet `size` on `clips` (frames, captions[, masks]) with SCALING_RECIPE; its folder at each step of `save_at` goes to out/step_N; subject_weight > 1: subject_weighted_loss (needs the masks). Resumes; returns the loss per step."
+                      subject_weight: float = 1.0, noise_schedule: str = SCALING_RECIPE['noise_schedule']) -> list:
+    "Train a new text-to-video base of UNet `size` on `clips` (frames, captions[, masks]) with SCALING_RECIPE (on another noise schedule if given); its folder at each step of `save_at` goes to out/step_N; subject_weight > 1: subject_weighted_loss (needs the masks). Resumes; returns the loss per step."
     from vb_nb.train import TrainConfig, StageInputs, build_stage_model, fit, save_final, seed_everything
     from vb_nb.sample import toy_model_dir
     if size not in SCALING_SIZES: raise ValueError(f"unknown size {size!r}; choose one of {list(SCALING_SIZES)}")
     if subject_weight != 1 and len(clips) < 3: raise ValueError("subject_weight needs the subjects' masks: clips from training_clips(..., masks=True)")
     out, (frames, captions), masks = Path(out), clips[:2], (clips[2] if len(clips) > 2 else None)
     seed_everything(seed)
-    base = build_stage_model('base', StageInputs(vae=str(vae or toy_model_dir()/'vae')), noise_schedule=SCALING_RECIPE['noise_schedule'])
+    base = build_stage_model('base', StageInputs(vae=str(vae or toy_model_dir()/'vae')), noise_schedule=noise_schedule)
     base.unet = build_unet(SCALING_SIZES[size], seed=seed).train()
     cfg = TrainConfig(stage='base', out_dir=str(out), max_steps=max(save_at), checkpoint_every=checkpoint_every, sample_steps=0, seed=seed,
-                      **SCALING_RECIPE)
+                      **dict(SCALING_RECIPE, noise_schedule=noise_schedule))
     def batch_fn(step):
         idx = torch.randint(len(captions), (cfg.batch_size,)).numpy()
         b = dict(pixel_values=torch.from_numpy(frames[idx]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx])
@@ -314,3 +315,41 @@ def text_probe(model, attribute: str = 'category', n: int = 1200, n_test: int = 
         opt.zero_grad(); F.cross_entropy(lin(x[:-n_test]), y[:-n_test]).backward(); opt.step()
     with torch.no_grad(): return (lin(x[-n_test:]).argmax(1) == y[-n_test:]).float().mean().item()
 
+
+# %% ../nbs/08b_limits.ipynb #5a54435b
+def captioned_clips(n: int = 12) -> tuple:
+    "The first `n` training clips as (spec, frames, masks), as held_out_clips gives the held-out ones, and their captions."
+    frames, captions, masks = training_clips(n, masks=True)
+    return [(tw.random_spec(0, 'train', i)[0], frames[i], masks[i]) for i in range(n)], captions
+
+def recall(unet, vae, clips: list, captions: list, seed: int = 0) -> dict:
+    "oracle_ceiling of the videos that base folder `unet` (alone, from seed `seed`) draws for `captions`, each measured against its clip of `clips`."
+    from vb_nb.model import VideoBooth
+    from vb_nb.sample import VideoBoothPipeline, generate
+    pipe = VideoBoothPipeline.from_model(VideoBooth.from_toy_parts(vae, unet).eval())
+    drawn = iter([generate(None, c, spec.category, model=pipe, adapter=False, seed=seed, progress=False, refine=None).frames
+                  for (spec, _, _), c in zip(clips, captions)])
+    return oracle_ceiling(clips, lambda frames: next(drawn))
+
+# %% ../nbs/08b_limits.ipynb #13ca4865
+def memorise_config(n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr') -> dict:
+    "What a memorisation study runs (as JSON would hold it)."
+    return json.loads(json.dumps(dict(size='tiny', n_clips=n_clips, save_at=list(save_at), seed=0, recipe=dict(SCALING_RECIPE, noise_schedule=noise_schedule))))
+
+def memorise_study(out, n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr', runs=None) -> dict:
+    "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise.json (the run under `runs`)."
+    from vb_nb.sample import toy_model_dir
+    clips, captions = captioned_clips(n_clips)
+    frames = np.stack([f for _, f, _ in clips])
+    run, vae = Path(runs or outputs_dir()/'limits'/'memorise')/f'tiny_{noise_schedule}_{n_clips}', toy_model_dir()/'vae'
+    losses = train_scaling_run(run, 'tiny', (frames, captions), save_at, noise_schedule=noise_schedule)
+    v = AutoencoderKL.from_pretrained(vae).float().eval()
+    res = dict(config=memorise_config(n_clips, save_at, noise_schedule), hardware=f"CPU, torch threads {torch.get_num_threads()}",
+               train_seconds=_train_seconds(run), losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+               vae=oracle_ceiling(clips, lambda f: vae_roundtrip(v, f)), steps={})
+    for s in save_at:
+        res['steps'][str(s)] = recall(run/f'step_{s}', vae, clips, captions)
+        print(s, {k: round(x, 3) for k, x in res['steps'][str(s)].items()}, flush=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out)/'memorise.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    return res

@@ -16,17 +16,17 @@ from accelerate.utils import broadcast, reduce, extract_model_from_parallel
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 
-from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file
+from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file, VideoReadError
 
 # %% auto #0
-__all__ = ['STAGES', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state',
-           'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints', 'load_checkpoint', 'NonFiniteLoss',
-           'make_accelerator', 'autocast_dtype', 'average_gradients', 'fit', 'toy_training_data', 'random_batch',
-           'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target',
-           'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss',
-           'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing',
-           'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware',
-           'ship_toy_model', 'main']
+__all__ = ['STAGES', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor',
+           'trainable_state', 'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints', 'load_checkpoint',
+           'NonFiniteLoss', 'make_accelerator', 'autocast_dtype', 'average_gradients', 'fit', 'toy_training_data',
+           'random_batch', 'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs',
+           'diffusion_target', 'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions',
+           'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in',
+           'enable_checkpointing', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary',
+           'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
@@ -248,8 +248,10 @@ def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: b
 def _collate(items: list) -> dict:
     return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items] for k in items[0]}
 
+UNREADABLE = (VideoReadError, OSError)   # what reading an item's files raises (PIL's unreadable image is an OSError)
+
 def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
-    "A batch of `batch_size` random items (drawn with torch's global generator), collated: tensors stacked, strings listed. With `skip` (index -> error), an item that cannot be read is noted there and replaced by the next readable one; the batch's '_skipped' lists those found now."
+    "A batch of `batch_size` random items (drawn with torch's global generator), collated: tensors stacked, strings listed. With `skip` (index -> error), an item whose files cannot be read (UNREADABLE) is noted there and replaced by the next readable one; the batch's '_skipped' lists those found now."
     idx = torch.randint(len(dataset), (batch_size,)).tolist()
     if skip is None: return _collate([dataset[i] for i in idx])
     items, found = [], {}
@@ -257,7 +259,7 @@ def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
         for _ in range(len(dataset)):
             if i not in skip:
                 try: items.append(dataset[i]); break
-                except Exception as e:            # a corrupt or missing video: whatever its reader raises
+                except UNREADABLE as e:           # a missing or corrupt video or image prompt; anything else is a bug, and raised
                     skip[i] = found[i] = f"{type(e).__name__}: {e}"[:300]
             i = (i + 1) % len(dataset)
         else: raise RuntimeError(f"no item of the dataset can be read (the last error: {skip[i]}); check the videos folder")
