@@ -244,12 +244,16 @@ def _train_seconds(run) -> float:
     from vb_nb.train import checkpoints
     return json.loads((checkpoints(run)[-1]/'state.json').read_text())['seconds']
 
-def _measured(unet, vae, n_prompts, out_json) -> dict:
-    "scaling_measures of `unet`, kept in `out_json` and read back from it when there."
+def _kept(out_json, measure) -> dict:
+    "measure(), kept in `out_json` and read back from it when there: a study started again does not measure twice."
     if Path(out_json).is_file(): return json.loads(Path(out_json).read_text())
-    m = scaling_measures(unet, vae, n_prompts, out=Path(out_json).with_suffix(''))     # the benchmark's rows beside it
+    m = measure()
     with atomic_path(out_json) as tmp: tmp.write_text(json.dumps(m))
     return m
+
+def _measured(unet, vae, n_prompts, out_json) -> dict:
+    "scaling_measures of `unet`, kept in `out_json`."
+    return _kept(out_json, lambda: scaling_measures(unet, vae, n_prompts, out=Path(out_json).with_suffix('')))     # the benchmark's rows beside it
 
 def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_prompts: int = 24, n_clips: int = 2000, runs=None) -> dict:
     "The scaling table: the shipped base, then each UNet size trained and measured at each step of `save_at`; written to out/scaling.json (runs under `runs`, default outputs/limits/scaling)."
@@ -337,7 +341,7 @@ def memorise_config(n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_sch
     return json.loads(json.dumps(dict(size='tiny', n_clips=n_clips, save_at=list(save_at), seed=0, recipe=dict(SCALING_RECIPE, noise_schedule=noise_schedule))))
 
 def memorise_study(out, n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr', runs=None) -> dict:
-    "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise.json (the run under `runs`)."
+    "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise_<n_clips>.json (the run under `runs`)."
     from vb_nb.sample import toy_model_dir
     clips, captions = captioned_clips(n_clips)
     frames = np.stack([f for _, f, _ in clips])
@@ -348,8 +352,8 @@ def memorise_study(out, n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise
                train_seconds=_train_seconds(run), losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                vae=oracle_ceiling(clips, lambda f: vae_roundtrip(v, f)), steps={})
     for s in save_at:
-        res['steps'][str(s)] = recall(run/f'step_{s}', vae, clips, captions)
+        res['steps'][str(s)] = _kept(run/f'step_{s}.json', lambda: recall(run/f'step_{s}', vae, clips, captions))
         print(s, {k: round(x, 3) for k, x in res['steps'][str(s)].items()}, flush=True)
     Path(out).mkdir(parents=True, exist_ok=True)
-    with atomic_path(Path(out)/'memorise.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    with atomic_path(Path(out)/f'memorise_{n_clips}.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
     return res
