@@ -16,7 +16,7 @@ from . import toyworld as tw
 from .core import atomic_path, outputs_dir
 from .dataset import sample_frame_indices
 from .eval import benchmark_prompts, toy_measurements, real_clip
-from .model import UNET_CONFIGS, build_unet
+from .model import UNET_CONFIGS, NOISE_SCHEDULES, build_unet
 
 # %% auto #0
 __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
@@ -193,12 +193,16 @@ def training_clips(n: int = 2000, seed: int = 0, masks: bool = False) -> tuple:
 
 SCALING_RECIPE = dict(batch_size=4, lr=6e-4, warmup_steps=100, lr_schedule='constant', noise_schedule='sd')
 
+def _check_schedule(name):
+    if name not in NOISE_SCHEDULES: raise ValueError(f"unknown noise_schedule {name!r}; choose one of {list(NOISE_SCHEDULES)}")
+
 def train_scaling_run(out, size: str, clips: tuple, save_at=(200, 400, 800, 1200), vae=None, seed: int = 0, checkpoint_every: int = 50,
                       subject_weight: float = 1.0, noise_schedule: str = SCALING_RECIPE['noise_schedule']) -> list:
     "Train a new text-to-video base of UNet `size` on `clips` (frames, captions[, masks]) with SCALING_RECIPE (on another noise schedule if given); its folder at each step of `save_at` goes to out/step_N; subject_weight > 1: subject_weighted_loss (needs the masks). Resumes; returns the loss per step."
     from vb_nb.train import TrainConfig, StageInputs, build_stage_model, fit, save_final, seed_everything
     from vb_nb.sample import toy_model_dir
     if size not in SCALING_SIZES: raise ValueError(f"unknown size {size!r}; choose one of {list(SCALING_SIZES)}")
+    _check_schedule(noise_schedule)
     if subject_weight != 1 and len(clips) < 3: raise ValueError("subject_weight needs the subjects' masks: clips from training_clips(..., masks=True)")
     out, (frames, captions), masks = Path(out), clips[:2], (clips[2] if len(clips) > 2 else None)
     seed_everything(seed)
@@ -343,6 +347,7 @@ def memorise_config(n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_sch
 def memorise_study(out, n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr', runs=None) -> dict:
     "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise_<n_clips>.json (the run under `runs`)."
     from vb_nb.sample import toy_model_dir
+    _check_schedule(noise_schedule)                     # before the clips are rendered
     clips, captions = captioned_clips(n_clips)
     frames = np.stack([f for _, f, _ in clips])
     run, vae = Path(runs or outputs_dir()/'limits'/'memorise')/f'tiny_{noise_schedule}_{n_clips}', toy_model_dir()/'vae'
