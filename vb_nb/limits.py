@@ -19,9 +19,9 @@ from .eval import benchmark_prompts, toy_measurements, real_clip
 from .model import UNET_CONFIGS, NOISE_SCHEDULES, build_unet
 
 # %% auto #0
-__all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'held_out_clips',
-           'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae', 'vae_study',
-           'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
+__all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 'SCALING_METRICS', 'MEMORISE_STEPS',
+           'held_out_clips', 'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae',
+           'vae_study', 'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
            'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'subject_weighted_loss',
            'weighting_config', 'weighting_study', 'text_probe', 'captioned_clips', 'recall', 'memorise_config',
            'memorise_study']
@@ -340,6 +340,8 @@ def recall(unet, vae, clips: list, captions: list, seed: int = 0) -> dict:
     return oracle_ceiling(clips, lambda frames: next(drawn))
 
 # %% ../nbs/08b_limits.ipynb #13ca4865
+MEMORISE_STEPS = {12: (400, 800, 1600, 2400), 48: (400, 800, 1600, 2400, 4800, 6400)}   # clips -> step counts the study measures
+
 def memorise_config(n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr') -> dict:
     "What a memorisation study runs (as JSON would hold it)."
     return json.loads(json.dumps(dict(size='tiny', n_clips=n_clips, save_at=list(save_at), seed=0, recipe=dict(SCALING_RECIPE, noise_schedule=noise_schedule))))
