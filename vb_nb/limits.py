@@ -24,7 +24,7 @@ __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 
            'vae_study', 'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
            'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'subject_weighted_loss',
            'weighting_config', 'weighting_study', 'text_probe', 'captioned_clips', 'recall', 'memorise_config',
-           'memorise_study']
+           'memorise_run', 'memorise_study']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -46,10 +46,11 @@ def vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
 ORACLE_METRICS = ('category', 'appearance', 'pattern', 'motion')
 
 def oracle_ceiling(clips: list, transform) -> dict:
-    "The benchmark's oracle on `transform(frames)` of each clip (means over clips), with the mean absolute error (0..255) on subject and background pixels."
+    "The benchmark's oracle on `transform(frames)` of each clip, or on `transform[i]` for clip i when it is a list of videos (means over clips), with the mean absolute error (0..255) on subject and background pixels."
+    if not callable(transform) and len(transform) != len(clips): raise ValueError(f"{len(transform)} videos for {len(clips)} clips: give one video per clip")
     rows, subject, background = [], [], []
-    for spec, frames, masks in clips:
-        out = transform(frames)
+    for i, (spec, frames, masks) in enumerate(clips):
+        out = transform(frames) if callable(transform) else transform[i]
         rows.append(toy_measurements(out, spec.category, spec.colour, spec.motion, pattern=spec.pattern))
         err = np.abs(out.astype(np.float32) - frames).mean(-1)
         subject.append(err[masks].mean()); background.append(err[~masks].mean())
@@ -248,6 +249,10 @@ def _train_seconds(run) -> float:
     from vb_nb.train import checkpoints
     return json.loads((checkpoints(run)[-1]/'state.json').read_text())['seconds']
 
+def _loss_curve(losses: list) -> list:
+    "The loss per step as means of 50 steps: what the results files keep."
+    return [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)]
+
 def _kept(out_json, measure) -> dict:
     "measure(), kept in `out_json` and read back from it when there: a study started again does not measure twice."
     if Path(out_json).is_file(): return json.loads(Path(out_json).read_text())
@@ -272,7 +277,7 @@ def scaling_study(out, sizes=('tiny', 'wide'), save_at=(200, 400, 800, 1200), n_
     clips = training_clips(n_clips)
     for size in sizes:
         losses = train_scaling_run(runs/size, size, clips, save_at)
-        r = res['runs'][size] = dict(params=unet_params(size), train_seconds=_train_seconds(runs/size), losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+        r = res['runs'][size] = dict(params=unet_params(size), train_seconds=_train_seconds(runs/size), losses=_loss_curve(losses),
                                      steps={})
         t = time.time()
         for s in save_at:
@@ -335,28 +340,31 @@ def recall(unet, vae, clips: list, captions: list, seed: int = 0) -> dict:
     from vb_nb.model import VideoBooth
     from vb_nb.sample import VideoBoothPipeline, generate
     pipe = VideoBoothPipeline.from_model(VideoBooth.from_toy_parts(vae, unet).eval())
-    drawn = iter([generate(None, c, spec.category, model=pipe, adapter=False, seed=seed, progress=False, refine=None).frames
-                  for (spec, _, _), c in zip(clips, captions)])
-    return oracle_ceiling(clips, lambda frames: next(drawn))
+    return oracle_ceiling(clips, [generate(None, c, spec.category, model=pipe, adapter=False, seed=seed, progress=False, refine=None).frames
+                                  for (spec, _, _), c in zip(clips, captions)])
 
 # %% ../nbs/08b_limits.ipynb #13ca4865
 MEMORISE_STEPS = {12: (400, 800, 1600, 2400), 48: (400, 800, 1600, 2400, 4800, 6400)}   # clips -> step counts the study measures
 
-def memorise_config(n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr') -> dict:
+def memorise_config(n_clips: int = 12, save_at=MEMORISE_STEPS[12], noise_schedule: str = 'zero_snr') -> dict:
     "What a memorisation study runs (as JSON would hold it)."
     return json.loads(json.dumps(dict(size='tiny', n_clips=n_clips, save_at=list(save_at), seed=0, recipe=dict(SCALING_RECIPE, noise_schedule=noise_schedule))))
 
-def memorise_study(out, n_clips: int = 12, save_at=(400, 800, 1600, 2400), noise_schedule: str = 'zero_snr', runs=None) -> dict:
+def memorise_run(n_clips: int = 12, noise_schedule: str = 'zero_snr', runs=None) -> Path:
+    "The folder of a memorisation run: its checkpoints, its UNet at each step (step_N) and their recall (step_N.json)."
+    return Path(runs or outputs_dir()/'limits'/'memorise')/f'tiny_{noise_schedule}_{n_clips}'
+
+def memorise_study(out, n_clips: int = 12, save_at=MEMORISE_STEPS[12], noise_schedule: str = 'zero_snr', runs=None) -> dict:
     "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise_<n_clips>.json (the run under `runs`)."
     from vb_nb.sample import toy_model_dir
     _check_schedule(noise_schedule)                     # before the clips are rendered
     clips, captions = captioned_clips(n_clips)
     frames = np.stack([f for _, f, _ in clips])
-    run, vae = Path(runs or outputs_dir()/'limits'/'memorise')/f'tiny_{noise_schedule}_{n_clips}', toy_model_dir()/'vae'
+    run, vae = memorise_run(n_clips, noise_schedule, runs), toy_model_dir()/'vae'
     losses = train_scaling_run(run, 'tiny', (frames, captions), save_at, noise_schedule=noise_schedule)
     v = AutoencoderKL.from_pretrained(vae).float().eval()
     res = dict(config=memorise_config(n_clips, save_at, noise_schedule), hardware=f"CPU, torch threads {torch.get_num_threads()}",
-               train_seconds=_train_seconds(run), losses=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+               train_seconds=_train_seconds(run), losses=_loss_curve(losses),
                vae=oracle_ceiling(clips, lambda f: vae_roundtrip(v, f)), steps={})
     for s in save_at:
         res['steps'][str(s)] = _kept(run/f'step_{s}.json', lambda: recall(run/f'step_{s}', vae, clips, captions))
