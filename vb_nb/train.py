@@ -74,7 +74,8 @@ class TrainConfig:
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.min_timestep < 0: raise ValueError(f"min_timestep must be >= 0, got {self.min_timestep}")
         if self.min_timestep and self.stage not in ('base', 'motion_text'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {self.stage}")
-        if self.noise_schedule not in ('', 'sd', 'zero_snr'): raise ValueError(f"noise_schedule must be sd or zero_snr, got {self.noise_schedule!r}")
+        from vb_nb.model import NOISE_SCHEDULES
+        if self.noise_schedule not in ('', *NOISE_SCHEDULES): raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)} (or '' for the UNet's own), got {self.noise_schedule!r}")
         if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
         for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
             if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
