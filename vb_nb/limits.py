@@ -23,8 +23,8 @@ __all__ = ['ORACLE_METRICS', 'VAE_VARIANTS', 'SCALING_SIZES', 'SCALING_RECIPE', 
            'held_out_clips', 'vae_roundtrip', 'oracle_ceiling', 'subject_crops', 'training_frames', 'train_vae',
            'vae_study', 'denoise_from', 'load_toy_videobooth', 'denoiser_study', 'unet_params', 'training_clips',
            'train_scaling_run', 'scaling_measures', 'scaling_config', 'scaling_study', 'subject_weighted_loss',
-           'weighting_config', 'weighting_study', 'text_probe', 'captioned_clips', 'recall', 'memorise_config',
-           'memorise_run', 'memorise_study']
+           'weighting_config', 'weighting_study', 'text_probe', 'captioned_clips', 'recall', 'memorise_steps',
+           'memorise_config', 'memorise_run', 'memorise_study', 'memorise_transfer']
 
 # %% ../nbs/08b_limits.ipynb #d2f32436
 def held_out_clips(n: int = 24, n_frames: int = 8) -> list:
@@ -346,18 +346,25 @@ def recall(unet, vae, clips: list, captions: list, seed: int = 0) -> dict:
 # %% ../nbs/08b_limits.ipynb #13ca4865
 MEMORISE_STEPS = {12: (400, 800, 1600, 2400), 48: (400, 800, 1600, 2400, 4800, 6400)}   # clips -> step counts the study measures
 
-def memorise_config(n_clips: int = 12, save_at=MEMORISE_STEPS[12], noise_schedule: str = 'zero_snr') -> dict:
-    "What a memorisation study runs (as JSON would hold it)."
+def memorise_steps(n_clips: int, save_at=None) -> tuple:
+    "The step counts a memorisation study of `n_clips` measures: `save_at` if given, else MEMORISE_STEPS's."
+    if save_at is not None: return tuple(save_at)
+    if n_clips not in MEMORISE_STEPS: raise ValueError(f"no step counts for {n_clips} clips in MEMORISE_STEPS ({list(MEMORISE_STEPS)}): name them with save_at")
+    return MEMORISE_STEPS[n_clips]
+
+def memorise_config(n_clips: int = 12, save_at=None, noise_schedule: str = 'zero_snr') -> dict:
+    "What a memorisation study runs (as JSON would hold it); save_at: MEMORISE_STEPS's for `n_clips` if not given."
+    save_at = memorise_steps(n_clips, save_at)
     return json.loads(json.dumps(dict(size='tiny', n_clips=n_clips, save_at=list(save_at), seed=0, recipe=dict(SCALING_RECIPE, noise_schedule=noise_schedule))))
 
 def memorise_run(n_clips: int = 12, noise_schedule: str = 'zero_snr', runs=None) -> Path:
     "The folder of a memorisation run: its checkpoints, its UNet at each step (step_N) and their recall (step_N.json)."
     return Path(runs or outputs_dir()/'limits'/'memorise')/f'tiny_{noise_schedule}_{n_clips}'
 
-def memorise_study(out, n_clips: int = 12, save_at=MEMORISE_STEPS[12], noise_schedule: str = 'zero_snr', runs=None) -> dict:
+def memorise_study(out, n_clips: int = 12, save_at=None, noise_schedule: str = 'zero_snr', runs=None) -> dict:
     "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise_<n_clips>.json (the run under `runs`)."
     from vb_nb.sample import toy_model_dir
-    _check_schedule(noise_schedule)                     # before the clips are rendered
+    _check_schedule(noise_schedule); save_at = memorise_steps(n_clips, save_at)     # before the clips are rendered
     clips, captions = captioned_clips(n_clips)
     frames = np.stack([f for _, f, _ in clips])
     run, vae = memorise_run(n_clips, noise_schedule, runs), toy_model_dir()/'vae'
@@ -371,4 +378,17 @@ def memorise_study(out, n_clips: int = 12, save_at=MEMORISE_STEPS[12], noise_sch
         print(s, {k: round(x, 3) for k, x in res['steps'][str(s)].items()}, flush=True)
     Path(out).mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(out)/f'memorise_{n_clips}.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    return res
+
+# %% ../nbs/08b_limits.ipynb #dcd1c61d
+def memorise_transfer(out, n_clips: int = 48, save_at=None, noise_schedule: str = 'zero_snr', runs=None, n_prompts: int = 24) -> dict:
+    "scaling_measures (the held-out prompts, text only) of a memorisation run's UNet at each step of `save_at`, kept in the run (step_N_held_out.json); written to out/memorise_<n_clips>_held_out.json."
+    from vb_nb.sample import toy_model_dir
+    run, save_at = memorise_run(n_clips, noise_schedule, runs), memorise_steps(n_clips, save_at)
+    missing = [s for s in save_at if not (run/f'step_{s}'/'config.json').is_file()]
+    if missing: raise FileNotFoundError(f"{run} holds no UNet for steps {missing}: run memorise_study(out, {n_clips}) first")
+    res = dict(config=dict(memorise_config(n_clips, save_at, noise_schedule), n_prompts=n_prompts), steps={})
+    for s in save_at: res['steps'][str(s)] = _measured(run/f'step_{s}', toy_model_dir()/'vae', n_prompts, run/f'step_{s}_held_out.json')
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out)/f'memorise_{n_clips}_held_out.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
     return res
