@@ -33,6 +33,11 @@ GPU run gives a base trained as above a new path with the library's own stage:
       --out outputs/toy/base_gpu_zsnr_path --max-steps 1200 --batch-size 8 --lr 1e-3 --min-timestep 700
 
 All at batch 128 on 32,000 clips. A run checkpoints as `fit` does and resumes when started again with the same --name.
+A longer run spans several calls of limited time: --seconds stops it at the first checkpoint after that much training,
+writes final/ and the summary as at the end, and says how to go on; the same command (same --steps, so the same
+learning-rate schedule) resumes it:
+
+  python benchmarks/train_base_gpu.py --name base_long --schedule zero_snr --steps 17000 --cache --seconds 420
 The word probe is the evaluation notebook's `word_following`: 16 held-out seeds, each under the four straight-motion
 prompts, the base alone; the share of the 64 videos whose subject goes the way its prompt says (chance: 0.25).
 """
@@ -132,6 +137,7 @@ def main(argv=None):
     ap.add_argument('--lr', type=float, default=1e-3); ap.add_argument('--warmup', type=int, default=300)
     ap.add_argument('--checkpoint-every', type=int, default=200)
     ap.add_argument('--cache', action='store_true', help='compute the frozen VAE and text outputs once (faster steps, same distribution)')
+    ap.add_argument('--seconds', type=float, default=None, help='stop at the first checkpoint after this many seconds of training (run again to go on)')
     ap.add_argument('--probe', default='', help='only run the word probe on this base UNet folder')
     ap.add_argument('--probe-clips', type=int, default=16, help='held-out seeds of the word probe (four videos each)')
     a = ap.parse_args(argv)
@@ -140,8 +146,9 @@ def main(argv=None):
         t = time.time(); share, n = word_probe(a.probe, a.probe_clips)
         print(f"word probe {a.probe}: follows the word in {share:.2f} of {n} videos ({time.time() - t:.0f} s)"); return
     if not a.name: ap.error('--name is required to train (or give --probe)')
+    if a.seconds is not None and not a.seconds >= 0: ap.error(f'--seconds must be a number of seconds >= 0, got {a.seconds}')
     from vb_nb.core import outputs_dir, atomic_path
-    from vb_nb.train import TrainConfig, fit, stage_loss, build_stage_model, StageInputs, save_final, hardware
+    from vb_nb.train import TrainConfig, fit, stage_loss, build_stage_model, StageInputs, save_final, hardware, checkpoints
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = outputs_dir()/'toy'/a.name
     clips, captions = rendered_clips(a.clips, outputs_dir()/'toy'/'rendered')
@@ -160,8 +167,14 @@ def main(argv=None):
             idx = torch.randint(len(captions), (a.batch,))
             return dict(pixel_values=frames[idx.to(DEVICE)].permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx.tolist()])
         model, loss_fn = base, stage_loss('base', cfg)
+    class OutOfTime(Exception): pass
+    def on_checkpoint(step, ck):
+        if a.seconds is not None and step < cfg.max_steps and time.time() - t >= a.seconds: raise OutOfTime(step)
     t = time.time()
-    losses = fit(cfg, model, loss_fn, batch_fn)
+    try: losses = fit(cfg, model, loss_fn, batch_fn, on_checkpoint=on_checkpoint)
+    except OutOfTime as stop:
+        losses = json.loads((checkpoints(out)[-1]/'state.json').read_text())['losses']
+        print(f"{a.name}: stopped at step {stop.args[0]} of {a.steps} after {a.seconds:g} s of training; the same command goes on from there")
     final = save_final('base', base.cpu(), out/'final')
     log = dict(name=a.name, args=vars(a), seconds_this_run=round(time.time() - t, 1), hardware=hardware(), losses=losses)
     with atomic_path(out/'summary.json') as tmp: tmp.write_text(json.dumps(log))

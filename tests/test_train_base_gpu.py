@@ -51,3 +51,18 @@ def test_motion_text_base_keeps_its_path(script, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('VB_NB_OUTPUTS', str(tmp_path))
     script.main(['--name', 'm', '--clips', '4', '--steps', '1', '--batch', '2', '--warmup', '1', '--probe-clips', '1', '--motion-text', '--cache'])
     assert (tmp_path/'toy'/'m'/'final'/MOTION_TEXT_FILE).is_file()
+
+
+def test_seconds_stops_at_a_checkpoint_and_the_same_command_goes_on(script, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('VB_NB_OUTPUTS', str(tmp_path))
+    args = ['--name', 's', '--clips', '4', '--steps', '3', '--batch', '2', '--warmup', '1', '--checkpoint-every', '1', '--probe-clips', '1', '--seconds', '0']
+    script.main(args)                            # out of time at the first checkpoint
+    out = capsys.readouterr().out
+    assert 'stopped at step 1 of 3' in out and 'word probe' in out
+    assert (tmp_path/'toy'/'s'/'final'/'diffusion_pytorch_model.safetensors').exists()
+    assert len(json.loads((tmp_path/'toy'/'s'/'summary.json').read_text())['losses']) == 1
+    script.main(args[:-1] + ['600'])             # the same run with time to finish
+    out = capsys.readouterr().out
+    assert 'resuming from' in out and 's: 3 steps' in out and 'stopped' not in out
+    with pytest.raises(SystemExit): script.main(args[:-1] + ['-1'])
+    assert '--seconds must be' in capsys.readouterr().err
