@@ -38,6 +38,7 @@ writes final/ and the summary as at the end, and says how to go on; the same com
 learning-rate schedule) resumes it:
 
   python benchmarks/train_base_gpu.py --name base_long --schedule zero_snr --steps 17000 --cache --seconds 420
+
 The word probe is the evaluation notebook's `word_following`: 16 held-out seeds, each under the four straight-motion
 prompts, the base alone; the share of the 64 videos whose subject goes the way its prompt says (chance: 0.25).
 """
@@ -167,10 +168,10 @@ def main(argv=None):
             idx = torch.randint(len(captions), (a.batch,))
             return dict(pixel_values=frames[idx.to(DEVICE)].permute(0, 1, 4, 2, 3).float() / 127.5 - 1, caption=[captions[i] for i in idx.tolist()])
         model, loss_fn = base, stage_loss('base', cfg)
+    t = time.time()
     class OutOfTime(Exception): pass
     def on_checkpoint(step, ck):
         if a.seconds is not None and step < cfg.max_steps and time.time() - t >= a.seconds: raise OutOfTime(step)
-    t = time.time()
     try: losses = fit(cfg, model, loss_fn, batch_fn, on_checkpoint=on_checkpoint)
     except OutOfTime as stop:
         losses = json.loads((checkpoints(out)[-1]/'state.json').read_text())['losses']

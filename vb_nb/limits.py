@@ -364,7 +364,8 @@ def memorise_run(n_clips: int = 12, noise_schedule: str = 'zero_snr', runs=None)
 def memorise_study(out, n_clips: int = 12, save_at=None, noise_schedule: str = 'zero_snr', runs=None) -> dict:
     "The tiny base trained on the first `n_clips` training clips alone, then asked for each by its caption at each step of `save_at` (recall), beside the clips through the VAE; written to out/memorise_<n_clips>.json (the run under `runs`)."
     from vb_nb.sample import toy_model_dir
-    _check_schedule(noise_schedule); save_at = memorise_steps(n_clips, save_at)     # before the clips are rendered
+    _check_schedule(noise_schedule)                     # before the clips are rendered
+    save_at = memorise_steps(n_clips, save_at)
     clips, captions = captioned_clips(n_clips)
     frames = np.stack([f for _, f, _ in clips])
     run, vae = memorise_run(n_clips, noise_schedule, runs), toy_model_dir()/'vae'
