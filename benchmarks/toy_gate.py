@@ -312,7 +312,8 @@ def evaluate(name: str, seeds=(0, 1, 2), n_prompts: int = 24, decoders=('shipped
     for k, v in vaes.items():
         ceilings[f'{k} VAE round trip'] = summarise([dict(r, seed=0) for r in oracle(decode(v, encode_frames(vae, real)), specs)], [0])
     res = dict(world=world, train=log, seeds=list(seeds), n_prompts=n_prompts, sampler=dict(sampler='DDIM', steps=25, guidance=4.0),
-               decoder=None if ft is None else ft.name, ceilings=ceilings, checkpoints={})
+               decoder=None if ft is None else ft.name, ceilings=ceilings, checkpoints={},
+               decoder_log=json.loads((ft/'train_log.json').read_text()) if ft is not None and (ft/'train_log.json').exists() else None)
     prompts = {'text only': [it['prompt'] for it in items], 'appearance in text': [it['description'] for it in items]}
     null_s, null_p = encode_captions(text, tok, [''])
     enc = {k: encode_captions(text, tok, v) for k, v in prompts.items()}
