@@ -1,10 +1,15 @@
-"""Wall time of `generate` with the embedded default model (issue: a default video in <= 10 s on a 2-core CPU).
+"""Wall time of `generate` with the embedded default model. The goal: a default video in at most 10 s on a 2-core CPU.
+
+The demo's time from the click to the video (nbs/images/demo.json, written by tests/browser_demo.py) is a different
+measure: it adds the app's own work (reading the widgets, encoding and showing the video) and the browser and
+JupyterLab sharing the same cores, so it is printed beside this one, not compared with the goal.
 
     python benchmarks/bench_generate.py                 # CPU, defaults (8 frames, 64x64, 25 steps)
     python benchmarks/bench_generate.py --device cuda   # on a GPU
 Prints the load time, then per-run wall times (the first run separately: it includes lazy initialisation).
 """
-import argparse, os, platform, statistics, time
+import argparse, json, os, platform, statistics, time
+from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
 from vb_nb.sample import generate, load_model, example_images
@@ -28,3 +33,9 @@ print(f"device: {where}; torch {torch.__version__}")
 print(f"load: {load_s:.2f} s; first generate: {times[0]:.2f} s")
 print(f"generate ({a.frames} frames, 64x64, {a.steps} steps, {a.runs} runs): median {statistics.median(times[1:]):.2f} s, "
       f"min {min(times[1:]):.2f} s, max {max(times[1:]):.2f} s")
+if a.device == 'cpu' and (a.steps, a.frames) == (25, 8): print(f"goal, at most 10 s on a 2-core CPU: {'met' if statistics.median(times[1:]) <= 10 else 'missed'} by the median")
+demo = Path(__file__).resolve().parents[1]/'nbs'/'images'/'demo.json'
+if demo.exists():
+    d = json.loads(demo.read_text())
+    print(f"the demo, from the click to the video: {d['click_to_video_s']:.1f} s ({d['steps']} steps, {d['frames']} frames, "
+          f"{d['cpus']} CPUs, load average {d['load_average']}; the app and the browser included)")

@@ -24,7 +24,7 @@ benchmarks/results/peers/ (--out).
 
   nice -n 10 python benchmarks/bench_peers.py                  # full: toy and medium
   python benchmarks/bench_peers.py --quick                     # a check: 2 repetitions, 3 steps, results in /tmp
-  python benchmarks/bench_peers.py --configs toy --reps 1 --steps 2 --out /tmp/peers   # a smoke run
+  python benchmarks/bench_peers.py --configs toy --reps 1 --steps 2 --out outputs/peers_smoke   # a smoke run
 """
 from __future__ import annotations
 import argparse, copy, json, os, platform, statistics, sys, tempfile, time

@@ -6,7 +6,7 @@
   inject  ours with image injection: the one-frame image stream (record pass) + the video pass that injects it
   stream  the image stream alone (part of inject), to see what the second stream costs by itself
 
-The goal (issue 4): inject costs at most 1.3x the stock step. Examples:
+The goal: inject costs at most 1.3x the stock step. Examples:
 
   nice -n 10 python benchmarks/bench_step.py --config tiny
   nice -n 10 python benchmarks/bench_step.py --config medium --reps 3

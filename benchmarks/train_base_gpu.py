@@ -13,9 +13,9 @@ schedule and the identity-trained text layers). This script makes such bases wit
     from them (the same distribution as TextToVideo.forward's; the UNet is then the whole step).
 
 The bases the notebook probes were made on one H100 (80 GB) by an earlier form of this script, with the same pieces and
-settings, that sized each run to five or six minutes of GPU time instead of taking --steps (the two or three runs of a
-phase shared the GPU, at 0.5 s a step without the cache and 0.2-0.3 s with it; their logs, final/gpu_log.json, record
-the steps those budgets gave). These commands train the same runs:
+settings, that gave each run a fixed time budget instead of taking --steps (at 0.5 s a step without the cache and
+0.2-0.3 s with it; their logs, final/gpu_log.json, record the steps those budgets gave). These commands train the same
+runs:
 
   L=outputs/toy/text_layers/text_encoder_layers.safetensors
   python benchmarks/train_base_gpu.py --name base_gpu_zsnr_a --schedule zero_snr --text-layers $L --steps 645 --lr 1e-3 --warmup 300

@@ -11,11 +11,11 @@ opens, presses Generate, waits for the video, and writes
 Setup (Debian; any Chromium and a Python with Playwright will do, no browser download is needed):
 
     apt-get install -y chromium
-    python3 -m venv /tmp/pw && /tmp/pw/bin/pip install playwright pillow
+    python3 -m venv .pw && .pw/bin/pip install playwright pillow
 
 Run from the repository root, naming the project's Python environment (the one with jupyterlab and vb_nb's requirements):
 
-    OMP_NUM_THREADS=1 /tmp/pw/bin/python tests/browser_demo.py --venv .venv
+    OMP_NUM_THREADS=1 .pw/bin/python tests/browser_demo.py --venv .venv
 
 The kernel inherits the environment. On a small, busy machine OMP_NUM_THREADS=1 matters: the toy model gains nothing
 from several threads, and their waiting for each other made one video take minutes instead of seconds.

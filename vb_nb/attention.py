@@ -8,6 +8,7 @@ import collections, contextlib, copy, math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from diffusers import UNetMotionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -24,6 +25,18 @@ def _sdpa(q, k, v):
     out = F.scaled_dot_product_attention(q.reshape(-1, *q.shape[-3:]), k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]))
     return out.reshape(*lead, *out.shape[-2:])
 
+# %% ../nbs/06_attention.ipynb #cfachk01
+def _check_shapes(q, k, v, k_img, v_img, rows):
+    "Errors that name the expected shapes of cross_frame_attention's arguments."
+    if q.ndim != 5 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must all be (batch, frames, heads, tokens, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if (k_img is None) != (v_img is None): raise ValueError("give both k_img and v_img, or neither")
+    if rows is not None and k_img is None: raise ValueError("rows says which videos get the image: give k_img and v_img with it")
+    b, f, h, n, d = q.shape
+    if k_img is not None and (k_img.ndim != 4 or k_img.shape != v_img.shape or k_img.shape[:2] != (b, h) or k_img.shape[-1] != d):
+        raise ValueError(f"k_img and v_img must be (batch={b}, heads={h}, image_tokens, head_dim={d}); got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
+
+# %% ../nbs/06_attention.ipynb #cfarows1
 def _rows(rows, b, device):
     "The rows that get the image as a bool tensor (b,) on `device`; None if all do, where that is known without reading a GPU tensor back."
     if rows is None: return None
@@ -31,24 +44,23 @@ def _rows(rows, b, device):
     if rows.shape != (b,): raise ValueError(f"rows must be one bool per video ({b}), got {rows.numel()}")
     return None if rows.device.type == 'cpu' and rows.all() else rows.to(device)
 
+# %% ../nbs/06_attention.ipynb #cfafirst
+def _first_frame(q0, k0, v0, k_img=None, v_img=None, rows=None):
+    "V0_new (batch, heads, n, d): frame 0 attends to [K_I; K0] (the videos `rows` marks, or all), else to K0."
+    if k_img is None: return _sdpa(q0, k0, v0)
+    rows = _rows(rows, q0.shape[0], q0.device)
+    if rows is not None: rows = rows[:, None, None, None]
+    if rows is None or k_img.shape[-2] == k0.shape[-2]:    # a row without the image attends to [K0; K0]: each key twice, the same softmax as K0 alone
+        first_k, first_v = (k_img, v_img) if rows is None else (torch.where(rows, k_img, k0), torch.where(rows, v_img, v0))
+        return _sdpa(q0, torch.cat([first_k, k0], -2), torch.cat([first_v, v0], -2))
+    return torch.where(rows, _sdpa(q0, torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2)), _sdpa(q0, k0, v0))
+
+# %% ../nbs/06_attention.ipynb #cfamain1
 def cross_frame_attention(q, k, v, k_img=None, v_img=None, rows=None):
     "Sparse-causal cross-frame attention with optional image injection into frame 0: (batch, frames, heads, tokens, head_dim); `rows`: which videos get the image (bool (batch,); None: all)."
-    if q.ndim != 5 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must all be (batch, frames, heads, tokens, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if (k_img is None) != (v_img is None): raise ValueError("give both k_img and v_img, or neither")
-    b, f, h, n, d = q.shape
-    if rows is not None and k_img is None: raise ValueError("rows says which videos get the image: give k_img and v_img with it")
-    k0, v0 = k[:, 0], v[:, 0]
-    if k_img is None: v0_new = _sdpa(q[:, 0], k0, v0)                     # (b, h, n, d)
-    else:
-        if k_img.ndim != 4 or k_img.shape != v_img.shape or k_img.shape[:2] != (b, h) or k_img.shape[-1] != d:
-            raise ValueError(f"k_img and v_img must be (batch={b}, heads={h}, image_tokens, head_dim={d}); got {tuple(k_img.shape)}, {tuple(v_img.shape)}")
-        rows = _rows(rows, b, q.device)
-        if rows is not None: rows = rows[:, None, None, None]
-        if rows is None or k_img.shape[-2] == n:    # a row without the image attends to [K0; K0]: each key twice, the same softmax as K0 alone
-            first_k, first_v = (k_img, v_img) if rows is None else (torch.where(rows, k_img, k0), torch.where(rows, v_img, v0))
-            v0_new = _sdpa(q[:, 0], torch.cat([first_k, k0], -2), torch.cat([first_v, v0], -2))
-        else: v0_new = torch.where(rows, _sdpa(q[:, 0], torch.cat([k_img, k0], -2), torch.cat([v_img, v0], -2)), _sdpa(q[:, 0], k0, v0))
+    _check_shapes(q, k, v, k_img, v_img, rows)
+    f = q.shape[1]
+    v0_new = _first_frame(q[:, 0], k[:, 0], v[:, 0], k_img, v_img, rows)                # (b, h, n, d)
     if f == 1: return v0_new[:, None]
     keys = torch.cat([k[:, :1].expand(-1, f - 1, -1, -1, -1), k[:, :-1]], -2)               # [K0; K(i-1)]
     vals = torch.cat([v0_new[:, None].expand(-1, f - 1, -1, -1, -1), v[:, :-1]], -2)        # [V0_new; V(i-1)]
@@ -82,29 +94,29 @@ class InjectionContext:
         if m not in self.modes: raise ValueError(f"mode must be one of {self.modes}, got {m!r}")
         self._mode = m
 
-    def observe_input(self, module, args, kwargs):
-        "The UNet's forward pre-hook: note the input's frames and latent size (a bound method, so a deep copy of the model reports to its own copy)."
-        sample = args[0] if args else kwargs['sample']
-        if sample.ndim != 5: raise ValueError(f"UNetMotionModel input must be (batch, channels, frames, height, width), got {tuple(sample.shape)}")
-        self.num_frames, self.latent_size = sample.shape[2], tuple(sample.shape[-2:])
-        self.counts[self.mode] += 1
+# %% ../nbs/06_attention.ipynb #ictxobs1
+@patch
+def observe_input(self: InjectionContext, module, args, kwargs):
+    "The UNet's forward pre-hook: note the input's frames and latent size (a bound method, so a deep copy of the model reports to its own copy)."
+    sample = args[0] if args else kwargs['sample']
+    if sample.ndim != 5: raise ValueError(f"UNetMotionModel input must be (batch, channels, frames, height, width), got {tuple(sample.shape)}")
+    self.num_frames, self.latent_size = sample.shape[2], tuple(sample.shape[-2:])
+    self.counts[self.mode] += 1
 
-    def encoding(self, frames, h, w, dim, time_encoding, device, dtype):
-        "Cached (frames, h*w, dim) position code of an h x w level, positions on the current latent grid."
-        key = (frames, h, w, dim, self.latent_size, time_encoding, self.posenc_base, device, dtype)
-        if key not in self._pe:
-            self._pe[key] = video_encoding(frames, h, w, dim, ref_size=self.latent_size, time_encoding=time_encoding,
-                                           base=self.posenc_base).to(device, dtype)
-        return self._pe[key]
+# %% ../nbs/06_attention.ipynb #ictxenc1
+@patch
+def encoding(self: InjectionContext, frames, h, w, dim, time_encoding, device, dtype):
+    "Cached (frames, h*w, dim) position code of an h x w level, positions on the current latent grid."
+    key = (frames, h, w, dim, self.latent_size, time_encoding, self.posenc_base, device, dtype)
+    if key not in self._pe:
+        self._pe[key] = video_encoding(frames, h, w, dim, ref_size=self.latent_size, time_encoding=time_encoding,
+                                       base=self.posenc_base).to(device, dtype)
+    return self._pe[key]
 
-    def __repr__(self): return f"InjectionContext(mode={self.mode!r}, posenc={self.posenc}, frames={self.num_frames}, latent={self.latent_size}, stored={len(self.store)})"
+@patch
+def __repr__(self: InjectionContext): return f"InjectionContext(mode={self.mode!r}, posenc={self.posenc}, frames={self.num_frames}, latent={self.latent_size}, stored={len(self.store)})"
 
 # %% ../nbs/06_attention.ipynb #9c76caef
-def _in_backward() -> bool:
-    "True while autograd's engine runs a backward pass (e.g. a checkpointed block being recomputed)."
-    task = getattr(torch._C, '_current_graph_task_id', None)
-    return task is not None and task() != -1
-
 class CrossFrameAttnProcessor(nn.Module):
     "attn1 processor: stock self-attention, or cross-frame attention with new frame K/V, injected image K/V and position code."
     def __init__(self, attn: Attention, ctx: InjectionContext, name: str):
@@ -116,63 +128,87 @@ class CrossFrameAttnProcessor(nn.Module):
         self.pe_gain = nn.Parameter(torch.zeros(5, attn.heads, self.head_dim, dtype=attn.to_q.weight.dtype, device=attn.to_q.weight.device))
         self._stock = AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        ctx = self.ctx
-        if _in_backward(): raise RuntimeError(f"{self.name} is being recomputed by gradient checkpointing, after the step's state is gone; "
-                                              "checkpoint the resnets only (vb_nb.model.VideoBooth.enable_gradient_checkpointing does)")
-        if ctx.mode == 'stock': return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError(f"{self.name}: cross-frame attention is self-attention without a mask; use mode 'stock' for masked attention")
-        if ctx.num_frames is None: raise RuntimeError(f"{self.name}: the number of frames is unknown; call the UNet (its pre-hook sets it) or set ctx.num_frames")
-        residual = hidden_states
-        if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            bf_, c_, hh_, ww_ = hidden_states.shape
-            hidden_states = hidden_states.view(bf_, c_, hh_ * ww_).transpose(1, 2)
-        if attn.group_norm is not None: hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        x = hidden_states
-        bf, n, _ = x.shape
-        f = ctx.num_frames
-        if bf % f: raise ValueError(f"{self.name}: batch*frames = {bf} is not a multiple of frames = {f}")
-        b, nh, d = bf // f, self.heads, self.head_dim
-        h, w = level_grid(n, ctx.latent_size)
-        if ctx.mode == 'record':
-            ctx.store[self.name] = (x, (h, w))
-            if ctx.stop_when_recorded and len(ctx.store) == len(ctx.layers): raise _ImageStreamRecorded
+# %% ../nbs/06_attention.ipynb #cfpgrp01
+@patch
+def parameter_groups(self: CrossFrameAttnProcessor) -> dict[str, list[nn.Parameter]]:
+    "This processor's new parameters by role: frame K/V copies, image K/V, position-code gains."
+    return {'frame_kv': [*self.to_k.parameters(), *self.to_v.parameters()],
+            'image_kv': [*self.to_k_img.parameters(), *self.to_v_img.parameters()],
+            'posenc': [self.pe_gain]}
 
-        def split(t, frames): return t.view(t.shape[0] // frames, frames, -1, nh, d).transpose(2, 3)   # -> (b, f, heads, n, d)
-        q, k, v = split(attn.to_q(x), f), split(self.to_k(x), f), split(self.to_v(x), f)
-        if attn.norm_q is not None: q = attn.norm_q(q)
-        if attn.norm_k is not None: k = attn.norm_k(k)
-        k_img = v_img = None
-        if ctx.mode == 'inject':
-            if self.name not in ctx.store: raise RuntimeError(f"{self.name}: no image stream recorded; run the UNet inside image_injection(...)")
-            xi, (hi, wi) = ctx.store[self.name]
-            if xi.shape[0] not in (1, b): raise ValueError(f"{self.name}: the image stream has batch {xi.shape[0]}, the video batch {b}; they must match (or the image batch be 1)")
-            k_img, v_img = split(self.to_k_img(xi), 1)[:, 0], split(self.to_v_img(xi), 1)[:, 0]   # (b_img, heads, m, d)
-        if ctx.posenc:
-            gq, gk, gv, gki, gvi = self.pe_gain.to(q.dtype)[:, None, None, :, None, :]    # each (1, 1, heads, 1, d)
-            pe = ctx.encoding(f, h, w, d, True, q.device, q.dtype)[None, :, None]       # (1, f, 1, n, d): time + space
-            q, k, v = q + gq * pe, k + gk * pe, v + gv * pe
-            if k_img is not None:
-                pei = ctx.encoding(1, hi, wi, d, False, q.device, q.dtype)[None, :, None][:, 0]   # (1, 1, m, d): space only
-                k_img, v_img = k_img + gki[:, 0] * pei, v_img + gvi[:, 0] * pei
-        if k_img is not None and k_img.shape[0] != b: k_img, v_img = k_img.expand(b, -1, -1, -1), v_img.expand(b, -1, -1, -1)
-        out = cross_frame_attention(q, k, v, k_img, v_img, ctx.rows if k_img is not None else None)
-        out = out.transpose(2, 3).reshape(bf, n, nh * d).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4: out = out.transpose(-1, -2).reshape(bf_, c_, hh_, ww_)
-        if attn.residual_connection: out = out + residual
-        return out / attn.rescale_output_factor
+@patch
+def _heads(self: CrossFrameAttnProcessor, t, frames):
+    "(batch*frames, tokens, heads*d) -> (batch, frames, heads, tokens, d)."
+    return t.view(t.shape[0] // frames, frames, -1, self.heads, self.head_dim).transpose(2, 3)
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        "This processor's new parameters by role: frame K/V copies, image K/V, position-code gains."
-        return {'frame_kv': [*self.to_k.parameters(), *self.to_v.parameters()],
-                'image_kv': [*self.to_k_img.parameters(), *self.to_v_img.parameters()],
-                'posenc': [self.pe_gain]}
+# %% ../nbs/06_attention.ipynb #cfpbwd01
+def _in_backward() -> bool:
+    "True while autograd's engine runs a backward pass (e.g. a checkpointed block being recomputed)."
+    task = getattr(torch._C, '_current_graph_task_id', None)
+    return task is not None and task() != -1
 
-# %% ../nbs/06_attention.ipynb #b5095724
+# %% ../nbs/06_attention.ipynb #cfpcall1
+@patch
+def __call__(self: CrossFrameAttnProcessor, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    ctx = self.ctx
+    if _in_backward(): raise RuntimeError(f"{self.name} is being recomputed by gradient checkpointing, after the step's state is gone; "
+                                          "checkpoint the resnets only (vb_nb.model.VideoBooth.enable_gradient_checkpointing does)")
+    if ctx.mode == 'stock': return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+    if encoder_hidden_states is not None or attention_mask is not None:
+        raise ValueError(f"{self.name}: cross-frame attention is self-attention without a mask; use mode 'stock' for masked attention")
+    if ctx.num_frames is None: raise RuntimeError(f"{self.name}: the number of frames is unknown; call the UNet (its pre-hook sets it) or set ctx.num_frames")
+    residual = hidden_states
+    if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = hidden_states.shape
+    if len(shape) == 4: hidden_states = hidden_states.view(*shape[:2], -1).transpose(1, 2)
+    if attn.group_norm is not None: hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    out = attn.to_out[1](attn.to_out[0](self.cross_frame(attn, hidden_states)))
+    if len(shape) == 4: out = out.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection: out = out + residual
+    return out / attn.rescale_output_factor
+
+# %% ../nbs/06_attention.ipynb #cfpimg01
+@patch
+def _image_kv(self: CrossFrameAttnProcessor, b: int):
+    "K_I, V_I (image batch, heads, m, d) from the image stream's states stored at this layer, and the image level's (h, w)."
+    if self.name not in self.ctx.store: raise RuntimeError(f"{self.name}: no image stream recorded; run the UNet inside image_injection(...)")
+    xi, hw = self.ctx.store[self.name]
+    if xi.shape[0] not in (1, b): raise ValueError(f"{self.name}: the image stream has batch {xi.shape[0]}, the video batch {b}; they must match (or the image batch be 1)")
+    return self._heads(self.to_k_img(xi), 1)[:, 0], self._heads(self.to_v_img(xi), 1)[:, 0], hw
+
+# %% ../nbs/06_attention.ipynb #cfppe001
+@patch
+def _add_posenc(self: CrossFrameAttnProcessor, q, k, v, k_img, v_img, hw, img_hw):
+    "Q, K, V (and K_I, V_I) plus the position code of their places, times this layer's gains."
+    gq, gk, gv, gki, gvi = self.pe_gain.to(q.dtype)[:, None, None, :, None, :]              # each (1, 1, heads, 1, d)
+    pe = self.ctx.encoding(q.shape[1], *hw, self.head_dim, True, q.device, q.dtype)[None, :, None]   # (1, f, 1, n, d): time + space
+    q, k, v = q + gq * pe, k + gk * pe, v + gv * pe
+    if k_img is not None:
+        pei = self.ctx.encoding(1, *img_hw, self.head_dim, False, q.device, q.dtype)[None, :, None][:, 0]   # (1, 1, m, d): space only
+        k_img, v_img = k_img + gki[:, 0] * pei, v_img + gvi[:, 0] * pei
+    return q, k, v, k_img, v_img
+
+# %% ../nbs/06_attention.ipynb #cfpcf001
+@patch
+def cross_frame(self: CrossFrameAttnProcessor, attn, x):
+    "Cross-frame attention of the normalised tokens x (batch*frames, n, dim) -> (batch*frames, n, heads*d), before the output projection."
+    ctx, f = self.ctx, self.ctx.num_frames
+    bf, n, _ = x.shape
+    if bf % f: raise ValueError(f"{self.name}: batch*frames = {bf} is not a multiple of frames = {f}")
+    b, hw = bf // f, level_grid(n, ctx.latent_size)
+    if ctx.mode == 'record':
+        ctx.store[self.name] = (x, hw)
+        if ctx.stop_when_recorded and len(ctx.store) == len(ctx.layers): raise _ImageStreamRecorded
+    q, k, v = self._heads(attn.to_q(x), f), self._heads(self.to_k(x), f), self._heads(self.to_v(x), f)
+    if attn.norm_q is not None: q = attn.norm_q(q)
+    if attn.norm_k is not None: k = attn.norm_k(k)
+    k_img, v_img, img_hw = self._image_kv(b) if ctx.mode == 'inject' else (None, None, None)
+    if ctx.posenc: q, k, v, k_img, v_img = self._add_posenc(q, k, v, k_img, v_img, hw, img_hw)
+    if k_img is not None and k_img.shape[0] != b: k_img, v_img = k_img.expand(b, -1, -1, -1), v_img.expand(b, -1, -1, -1)
+    out = cross_frame_attention(q, k, v, k_img, v_img, ctx.rows if k_img is not None else None)
+    return out.transpose(2, 3).reshape(bf, n, self.heads * self.head_dim).to(q.dtype)
+
+# %% ../nbs/06_attention.ipynb #instssa1
 class _ImageStreamRecorded(Exception):
     "Raised by the last attn1 of the record pass: everything after it would be thrown away."
 
@@ -182,6 +218,14 @@ def spatial_self_attentions(unet: nn.Module) -> dict[str, Attention]:
             for name, mod in unet.named_modules() if isinstance(mod, Transformer2DModel)
             for i, blk in enumerate(mod.transformer_blocks)}
 
+# %% ../nbs/06_attention.ipynb #insthw01
+def _check_head_widths(attns: dict):
+    "The position code needs heads whose width splits into time, height and width channels."
+    for name, a in attns.items():
+        try: split_dims(a.to_q.out_features // a.heads)
+        except ValueError as e: raise ValueError(f"{name}: head width {a.to_q.out_features // a.heads} cannot carry the position code ({e}); use InjectionContext(posenc=False) or heads whose width is a multiple of 4") from None
+
+# %% ../nbs/06_attention.ipynb #b5095724
 def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) -> dict[str, CrossFrameAttnProcessor]:
     "Give every spatial attn1 of `unet` a CrossFrameAttnProcessor reading `ctx`; return the new processors by layer name."
     if not isinstance(unet, UNetMotionModel): raise TypeError(f"expected a diffusers UNetMotionModel, got {type(unet).__name__}")
@@ -189,10 +233,7 @@ def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) 
     if not attns: raise ValueError("this UNet has no spatial transformer blocks to inject into")
     if any(isinstance(a.processor, CrossFrameAttnProcessor) for a in attns.values()):
         raise ValueError("cross-frame attention is already installed on this UNet")
-    if ctx.posenc:
-        for name, a in attns.items():
-            try: split_dims(a.to_q.out_features // a.heads)
-            except ValueError as e: raise ValueError(f"{name}: head width {a.to_q.out_features // a.heads} cannot carry the position code ({e}); use InjectionContext(posenc=False) or heads whose width is a multiple of 4") from None
+    if ctx.posenc: _check_head_widths(attns)
     procs = {}
     for name, a in attns.items():
         procs[name] = CrossFrameAttnProcessor(a, ctx, name)
@@ -201,14 +242,19 @@ def install_cross_frame_attention(unet: UNetMotionModel, ctx: InjectionContext) 
     ctx.hooks.append(unet.register_forward_pre_hook(ctx.observe_input, with_kwargs=True))
     return procs
 
+# %% ../nbs/06_attention.ipynb #injtxt01
+def _image_stream_text(image_latents, encoder_hidden_states):
+    "The image stream's text, one row per image (after checking both shapes)."
+    if image_latents.ndim != 4: raise ValueError(f"image_latents must be noisy image latents (batch, channels, height, width), got {tuple(image_latents.shape)}")
+    if encoder_hidden_states.shape[0] not in (1, image_latents.shape[0]):
+        raise ValueError(f"the image stream's text batch {encoder_hidden_states.shape[0]} must be 1 or the image batch {image_latents.shape[0]}")
+    return encoder_hidden_states.expand(image_latents.shape[0], -1, -1)
+
 # %% ../nbs/06_attention.ipynb #dc12df1c
 @contextlib.contextmanager
 def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor, grad: bool = False, rows=None):
     "Run the one-frame image stream once (mode 'record'), then let the UNet calls in the block inject it (mode 'inject') into the videos `rows` says (bool per video; None: all)."
-    if image_latents.ndim != 4: raise ValueError(f"image_latents must be noisy image latents (batch, channels, height, width), got {tuple(image_latents.shape)}")
-    if encoder_hidden_states.shape[0] not in (1, image_latents.shape[0]):
-        raise ValueError(f"the image stream's text batch {encoder_hidden_states.shape[0]} must be 1 or the image batch {image_latents.shape[0]}")
-    ehs = encoder_hidden_states.expand(image_latents.shape[0], -1, -1)
+    ehs = _image_stream_text(image_latents, encoder_hidden_states)
     previous = ctx.mode
     ctx.store.clear()
     try:

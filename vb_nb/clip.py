@@ -34,6 +34,7 @@ def _assets() -> Path:
 
 TOKENIZER_DIR = _assets()/'clip_tokenizer'
 
+# %% ../nbs/04_clip.ipynb #clbpe001
 def clip_bpe_vocab(bpe_path) -> tuple[list[str], list[tuple[str, str]]]:
     "CLIP's token list (index = id) and BPE merges, built from `bpe_simple_vocab_16e6.txt.gz` the way CLIP's SimpleTokenizer builds them."
     from transformers.convert_slow_tokenizer import bytes_to_unicode   # GPT-2's byte -> printable character map
@@ -45,6 +46,7 @@ def clip_bpe_vocab(bpe_path) -> tuple[list[str], list[tuple[str, str]]]:
     vocab = byte_symbols + [s + '</w>' for s in byte_symbols] + [''.join(m) for m in merges] + ['<|startoftext|>', '<|endoftext|>']
     return vocab, merges
 
+# %% ../nbs/04_clip.ipynb #clbpe002
 def write_clip_tokenizer(bpe_path, out_dir) -> Path:
     "Write transformers CLIPTokenizer files (vocab.json, merges.txt, tokenizer_config.json) built from CLIP's BPE file into `out_dir`."
     vocab, merges = clip_bpe_vocab(bpe_path)
@@ -57,6 +59,7 @@ def write_clip_tokenizer(bpe_path, out_dir) -> Path:
         with atomic_path(out_dir/name) as tmp: tmp.write_text(text, encoding='utf-8'); tmp.chmod(0o644)
     return out_dir
 
+# %% ../nbs/04_clip.ipynb #clbpe003
 def find_clip_bpe() -> Path | None:
     "The CLIP BPE file of an installed open_clip package (not imported), or None."
     spec = importlib.util.find_spec('open_clip')
@@ -75,6 +78,7 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(level)
         if bars: transformers.utils.logging.enable_progress_bar()
 
+# %% ../nbs/04_clip.ipynb #cltok001
 def _resolve(path_or_id, subfolder, default_sub):
     "A local folder (descending into `default_sub` when it is there) or a hub id, and the subfolder to read."
     s = os.path.expanduser(str(path_or_id)); p = Path(s)
@@ -90,6 +94,7 @@ def _hub_error(what, path_or_id, e):
                    "Name a local folder that holds it, or a hub id that is already in the Hugging Face cache "
                    "(this machine may be offline: HF_HUB_OFFLINE=1).")
 
+# %% ../nbs/04_clip.ipynb #cltok002
 def load_tokenizer(path=None, subfolder: str | None = None) -> CLIPTokenizer:
     "CLIP's BPE tokenizer: the shipped files by default, or a local tokenizer folder / model folder with tokenizer/ / hub id."
     src, sub = (str(TOKENIZER_DIR), None) if path is None else _resolve(path, subfolder, 'tokenizer')
@@ -101,6 +106,7 @@ def load_tokenizer(path=None, subfolder: str | None = None) -> CLIPTokenizer:
     tok.model_max_length = min(tok.model_max_length, CLIP_MAX_LENGTH)
     return tok
 
+# %% ../nbs/04_clip.ipynb #cltok003
 def tokenize(tokenizer, prompts, device=None) -> torch.Tensor:
     "Token ids (batch, 77) of `prompts` (a string or a list): start token, tokens, end token, padded with the end token, cut at 77."
     if isinstance(prompts, str): prompts = [prompts]
@@ -144,6 +150,7 @@ def _load(cls, what, path_or_id, subfolder, default_sub, dtype, device, optional
     if device is not None: model = model.to(device)
     return model.eval().requires_grad_(False)
 
+# %% ../nbs/04_clip.ipynb #clload01
 def load_clip_model(path_or_id=None, subfolder: str | None = None, dtype=torch.float32, device=None) -> CLIPModel:
     "A whole CLIPModel (both towers and projections, frozen): the shipped toy CLIP by default, or a folder / hub id."
     return _load(CLIPModel, 'CLIP model', path_or_id, subfolder, None, dtype, device)
@@ -152,6 +159,7 @@ def load_text_encoder(path_or_id=None, subfolder: str | None = None, dtype=torch
     "The CLIP text tower (frozen): the toy one by default, or a folder (an SD folder's text_encoder/ is found), or a hub id."
     return _load(CLIPTextModel, 'CLIP text encoder', path_or_id, subfolder, 'text_encoder', dtype, device)
 
+# %% ../nbs/04_clip.ipynb #clload02
 def load_image_encoder(path_or_id=None, subfolder: str | None = None, dtype=torch.float32, device=None) -> CLIPVisionModelWithProjection:
     "The CLIP vision tower with its projection (frozen): the toy one by default, or a folder (image_encoder/ is found) or a hub id."
     return _load(CLIPVisionModelWithProjection, 'CLIP image encoder', path_or_id, subfolder, 'image_encoder', dtype, device,
@@ -167,6 +175,7 @@ def clip_image_processor(size: int) -> CLIPImageProcessor:
     return CLIPImageProcessor(size={'shortest_edge': size}, crop_size={'height': size, 'width': size},
                               image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 
+# %% ../nbs/04_clip.ipynb #clenc001
 def clip_pixel_values(images, size: int, device=None, dtype=torch.float32, processor=None) -> torch.Tensor:
     "CLIP pixel values (batch, 3, size, size) of uint8 images (PIL, numpy, torch; HWC or CHW) or float images in [0, 1]; `processor`: a CLIPImageProcessor instead of `clip_image_processor(size)`."
     kw = {}
@@ -186,6 +195,7 @@ def clip_pixel_values(images, size: int, device=None, dtype=torch.float32, proce
     px = (processor or clip_image_processor(size))(images=images, return_tensors='pt', **kw).pixel_values
     return px.to(device=device, dtype=dtype)
 
+# %% ../nbs/04_clip.ipynb #clenc002
 def encode_image(image_encoder, images, processor=None):
     "Run the vision tower on `images` (see `clip_pixel_values`; `processor`: its image processor), keeping every hidden state: .image_embeds, .hidden_states."
     p = next(image_encoder.parameters())
@@ -218,13 +228,34 @@ def _save_toy_clip(model, out_dir, log):
         d.chmod(0o755)
         for p in d.iterdir(): p.chmod(0o644)
 
+def _resume_toy_clip(checkpoint, settings: dict, model, opt, sched, rng) -> tuple[int, dict]:
+    "Load a checkpoint made with the same `settings` into the model, optimiser, schedule and random states; its (step, log)."
+    from vb_nb.core import load_checkpoint
+    ck = load_checkpoint(checkpoint)               # tensors and plain values only: nothing in it runs
+    differ = {k: (ck['log'][k], v) for k, v in settings.items() if k in ck['log'] and ck['log'][k] != v}
+    if differ: raise ValueError(f"the checkpoint {str(checkpoint)!r} was made with other settings (was, now): {differ}; "
+                                "pass the same settings to resume, or delete it to start afresh")
+    model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
+    rng.bit_generator.state, step, log = ck['rng'], ck['step'], ck['log']
+    torch.set_rng_state(ck['torch_rng'])
+    print(f'resuming from {checkpoint} at step {step}')
+    return step, log
+
+# %% ../nbs/04_clip.ipynb #cltrbat1
+def _toy_clip_batch(tokenizer, frames, specs, rng, batch_size: int, n_clips: int):
+    "A batch for the toy CLIP: token ids of freshly drawn captions, and one random frame of each clip drawn."
+    from vb_nb.toyworld import make_caption
+    idx, t = rng.integers(n_clips, size=batch_size), rng.integers(frames.shape[1], size=batch_size)
+    ids = tokenizer([make_caption(specs[i], rng) for i in idx], padding='longest', return_tensors='pt').input_ids
+    return ids, frames[idx, t]
+
+# %% ../nbs/04_clip.ipynb #cltrain1
 def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000, lr: float = 1e-3, seed: int = 0,
                    out_dir=None, checkpoint=None, checkpoint_every: int = 50, progress: bool = True, width: int = 64) -> CLIPModel:
     "Pretrain the toy CLIP contrastively on toyworld frames and captions; resumes from `checkpoint`; writes fp16 weights to `out_dir`."
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
-    from vb_nb.core import load_checkpoint, outputs_dir, seed_everything
-    from vb_nb.toyworld import make_caption
+    from vb_nb.core import outputs_dir, seed_everything
     out_dir = Path(out_dir or TOY_CLIP_DIR)
     checkpoint = Path(checkpoint or outputs_dir()/'toy_clip'/'checkpoint.pt')
     seed_everything(seed)
@@ -234,15 +265,7 @@ def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000
     sched = get_cosine_schedule_with_warmup(opt, min(100, steps // 10), steps)
     settings = dict(steps=steps, batch_size=batch_size, n_clips=n_clips, lr=lr, seed=seed, width=width)
     rng, step, log = np.random.default_rng(seed), 0, dict(step=[], loss=[], **settings)
-    if checkpoint.exists():
-        ck = load_checkpoint(checkpoint)               # tensors and plain values only: nothing in it runs
-        differ = {k: (ck['log'][k], v) for k, v in settings.items() if k in ck['log'] and ck['log'][k] != v}
-        if differ: raise ValueError(f"the checkpoint {str(checkpoint)!r} was made with other settings (was, now): {differ}; "
-                                    "pass the same settings to resume, or delete it to start afresh")
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
-        rng.bit_generator.state, step, log = ck['rng'], ck['step'], ck['log']
-        torch.set_rng_state(ck['torch_rng'])
-        print(f'resuming from {checkpoint} at step {step}')
+    if checkpoint.exists(): step, log = _resume_toy_clip(checkpoint, settings, model, opt, sched, rng)
     def save_checkpoint():
         with atomic_path(checkpoint) as tmp:
             torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng.bit_generator.state,
@@ -253,9 +276,8 @@ def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000
     try:
         while step < steps:
             step_start = rng.bit_generator.state
-            idx, t = rng.integers(n_clips, size=batch_size), rng.integers(frames.shape[1], size=batch_size)
-            ids = tokenizer([make_caption(specs[i], rng) for i in idx], padding='longest', return_tensors='pt').input_ids
-            loss = model(input_ids=ids, pixel_values=clip_pixel_values(frames[idx, t], frames.shape[2]), return_loss=True).loss
+            ids, px = _toy_clip_batch(tokenizer, frames, specs, rng, batch_size, n_clips)
+            loss = model(input_ids=ids, pixel_values=clip_pixel_values(px, frames.shape[2]), return_loss=True).loss
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); sched.step(); step += 1; step_start = None
@@ -305,6 +327,7 @@ def text_layer_weights(text_encoder) -> dict:
     "The weights of a CLIP text tower's layers: everything but its token and position tables."
     return {n: w.detach().cpu().contiguous() for n, w in text_encoder.state_dict().items() if n.startswith(('encoder.', 'final_layer_norm.'))}
 
+# %% ../nbs/04_clip.ipynb #kwfn0003
 def toy_text_encoder(layers=None, dtype=torch.float32) -> CLIPTextModel:
     "The shipped toy CLIP's text tower, with its layers from the safetensors file `layers` (of `text_layer_weights`) if it exists."
     from safetensors.torch import load_file
@@ -315,6 +338,7 @@ def toy_text_encoder(layers=None, dtype=torch.float32) -> CLIPTextModel:
         te.load_state_dict({**te.state_dict(), **{k: v.to(dtype) for k, v in w.items()}})
     return te
 
+# %% ../nbs/04_clip.ipynb #kwfn0004
 def train_text_identity(steps: int = 800, batch_size: int = 64, lr: float = 1e-3, identity_weight: float = 1.0, n_clips: int = 2000,
                         seed: int = 0, out=None, progress: bool = True) -> dict:
     "Fine-tune the toy CLIP's text layers with its contrastive loss plus a tied-decoder loss naming each state's own token; write them to `out`; return the log."

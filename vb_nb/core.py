@@ -17,9 +17,9 @@ except ImportError: fcntl = None       # Windows: stale temporaries are recognis
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_PIXELS', 'default_device', 'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir',
-           'remove_stale_temps', 'atomic_path', 'atomic_folder', 'load_checkpoint', 'sample_frame_indices',
-           'VideoReadError', 'VideoInfo', 'video_info', 'read_video', 'write_video', 'gif_bytes', 'Video', 'show_video',
-           'frame_grid', 'open_image', 'image_to_rgb']
+           'remove_stale_temps', 'atomic_path', 'atomic_folder', 'portable', 'make_portable', 'load_checkpoint',
+           'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info', 'read_video', 'write_video',
+           'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
 
 # %% ../nbs/00_core.ipynb #619188e8
 def default_device() -> torch.device:
@@ -136,6 +136,31 @@ def atomic_folder(path):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if fd is not None: os.close(fd)
+
+# %% ../nbs/00_core.ipynb #prtcd001
+def portable(obj, root=None):
+    "`obj` (a path, or JSON-like dicts, lists and strings) with absolute paths in the project written relative to it, and no `_name_or_path` key."
+    root = Path(root or project_root()).resolve()
+    if isinstance(obj, dict): return {k: portable(v, root) for k, v in obj.items() if k != '_name_or_path'}
+    if isinstance(obj, list): return [portable(v, root) for v in obj]
+    if not isinstance(obj, (str, os.PathLike)) or not os.path.isabs(obj): return obj
+    p = Path(obj)
+    for home, rel in [(Path(outputs_dir()).resolve(), 'outputs'), (Path(data_dir()).resolve(), 'data'), (root, '.')]:
+        if p == home or home in p.parents: return str(Path(rel)/p.relative_to(home))
+    return obj
+
+# %% ../nbs/00_core.ipynb #prtcd002
+def make_portable(folder) -> list[Path]:
+    "Rewrite each JSON file under `folder` with `portable`, in its own layout (indented or on one line); the files changed."
+    import json
+    changed = []
+    for f in sorted(Path(folder).rglob('*.json')):
+        text = f.read_text(); obj = json.loads(text); new = portable(obj)
+        if new == obj: continue
+        indent = len(re.match(r'[{\[]\n( *)', text).group(1)) if re.match(r'[{\[]\n', text) else None
+        with atomic_path(f) as tmp: tmp.write_text(json.dumps(new, indent=indent) + ('\n' if text.endswith('\n') else ''))
+        changed.append(f)
+    return changed
 
 # %% ../nbs/00_core.ipynb #f1bead3b
 def load_checkpoint(path, map_location='cpu'):

@@ -371,6 +371,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir`."
     from tqdm.auto import tqdm
     from vb_nb.sample import generate, _pipeline
+    from vb_nb.core import portable
     systems = systems if systems is not None else default_systems()
     seeds = [int(s) for s in seeds]
     if not seeds or n_prompts < 1: raise ValueError("the benchmark needs at least one seed and one prompt")
@@ -378,7 +379,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     scorer = get_scorer(evaluator)
     items = benchmark_prompts(n_prompts, prompt_seed)
     config = dict(n_prompts=n_prompts, seeds=seeds, steps=steps, num_frames=num_frames, prompt_seed=prompt_seed, evaluator=repr(scorer),
-                  model=model if model is None or isinstance(model, (str, os.PathLike)) else type(model).__name__)
+                  model=portable(model) if model is None or isinstance(model, (str, os.PathLike)) else type(model).__name__)
     model_fp = folder_fingerprint(model)
     config['fingerprints'] = {name: None if src == 'real' else model_fp if src is None else ['base', model_fp] if src == 'base'
                               else [model_fp, folder_fingerprint(src)] for name, (src, _) in systems.items()}

@@ -23,6 +23,7 @@ HUB_FILES = {   # the files each part's loader reads (glob patterns, as `hf down
                       'vocab.json', 'merges.txt'),    # the whole CLIP: the vision tower for the model, both towers for evaluation
 }
 
+# %% ../nbs/13_real_scale.ipynb #rs05b
 def download_commands(root: str = 'hub') -> list[str]:
     "`hf download` commands that fetch each part into <root>/<part> with only the files vb_nb loads."
     return [f"hf download {HUB[part]} " + ' '.join(f'--include "{p}"' for p in HUB_FILES[part]) + f" --local-dir {root}/{part}"

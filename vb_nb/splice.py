@@ -9,6 +9,7 @@ import contextlib, copy, re
 import numpy as np
 import torch
 from torch import nn
+from fastcore.basics import patch
 from diffusers import ModelMixin, ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
@@ -32,6 +33,7 @@ def subject_pattern(subject: str) -> re.Pattern:
     last = f"(?:{last[:-1]}(?:y|ies)|{last}(?:s|es)?)" if last.lower().endswith('y') else f"{last}(?:s|es)?"
     return re.compile(r'(?<![\w-])' + r'\s+'.join([*head, last]) + r'(?![\w-])', re.IGNORECASE)
 
+# %% ../nbs/05_splice.ipynb #subjspn1
 def subject_token_spans(tokenizer, prompt: str, subject: str) -> list[tuple[int, int]]:
     "(k, n) of every occurrence of `subject` in `prompt`: first token position (start token = 0) and token count."
     enc = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length, return_offsets_mapping=True)
@@ -73,6 +75,7 @@ def _mlp(d_in, d_hidden, d_out):
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.LeakyReLU(),
                          nn.Linear(d_hidden, d_hidden), nn.LayerNorm(d_hidden), nn.LeakyReLU(), nn.Linear(d_hidden, d_out))
 
+# %% ../nbs/05_splice.ipynb #mapcls01
 class ImageMapper(ModelMixin, ConfigMixin):
     "F: CLIP vision hidden states -> m tokens in the text width (per layer: MLP(class token) + MLP(mean patch token))."
     @register_to_config
@@ -94,18 +97,19 @@ class ImageMapper(ModelMixin, ConfigMixin):
     @property
     def num_tokens(self) -> int: return len(self.layers) * self.config.tokens_per_layer
 
-    def forward(self, hidden_states) -> torch.Tensor:
-        "Image tokens (batch, m, text_dim) from the vision tower's hidden states (a tuple, or its output with .hidden_states)."
-        hs = getattr(hidden_states, 'hidden_states', hidden_states)
-        if hs is None or not isinstance(hs, (tuple, list)):
-            raise TypeError("pass the vision tower's hidden states: run it with output_hidden_states=True (vb_nb.clip.encode_image does)")
-        bad = [l for l in self.layers if not -len(hs) <= l < len(hs)]
-        if bad: raise ValueError(f"mapper layers {bad} do not exist: the image encoder gives {len(hs)} hidden states "
-                                 f"(embeddings + {len(hs) - 1} layers); build the mapper with ImageMapper.for_encoders")
-        c = self.config
-        tokens = [f_cls(hs[l][:, 0]) + f_patch(hs[l][:, 1:].mean(1))
-                  for l, f_cls, f_patch in zip(self.layers, self.cls_mlps, self.patch_mlps)]
-        return torch.stack(tokens, 1).reshape(tokens[0].shape[0], self.num_tokens, c.text_dim)
+# %% ../nbs/05_splice.ipynb #mapfwd01
+@patch
+def forward(self: ImageMapper, hidden_states) -> torch.Tensor:
+    "Image tokens (batch, m, text_dim) from the vision tower's hidden states (a tuple, or its output with .hidden_states)."
+    hs = getattr(hidden_states, 'hidden_states', hidden_states)
+    if hs is None or not isinstance(hs, (tuple, list)):
+        raise TypeError("pass the vision tower's hidden states: run it with output_hidden_states=True (vb_nb.clip.encode_image does)")
+    bad = [l for l in self.layers if not -len(hs) <= l < len(hs)]
+    if bad: raise ValueError(f"mapper layers {bad} do not exist: the image encoder gives {len(hs)} hidden states "
+                             f"(embeddings + {len(hs) - 1} layers); build the mapper with ImageMapper.for_encoders")
+    tokens = [f_cls(hs[l][:, 0]) + f_patch(hs[l][:, 1:].mean(1))
+              for l, f_cls, f_patch in zip(self.layers, self.cls_mlps, self.patch_mlps)]
+    return torch.stack(tokens, 1).reshape(tokens[0].shape[0], self.num_tokens, self.config.text_dim)
 
 # %% ../nbs/05_splice.ipynb #6d2fff96
 def splice_embeddings(f_T: torch.Tensor, f_I: torch.Tensor, k, n) -> torch.Tensor:
@@ -137,6 +141,7 @@ def _splice_input_embeddings(text_encoder, f_I, k, n):
     try: yield
     finally: handle.remove()
 
+# %% ../nbs/05_splice.ipynb #encpwi01
 def encode_prompt_with_image(text_encoder, tokenizer, prompts, subjects, image_tokens: torch.Tensor,
                              mode: str = 'output', occurrence: int = 0) -> torch.Tensor:
     "c_T (batch, 77, width): `prompts` encoded with the subject's tokens replaced by `image_tokens` (batch, m, width), at the tower's 'output' or 'input'."
@@ -199,20 +204,23 @@ class SpliceFlag:
         "The flag for a batch of `batch` rows: a bool, or a bool tensor (batch,) (a per-video tensor repeated over its frames)."
         return self.rows_and_key(batch, device)[0]
 
-    def rows_and_key(self, batch: int, device) -> tuple:
-        "rows(batch, device) and a hashable form of it (a TextKVCache key), worked out once per value (the same object): every layer of a UNet call asks, and a GPU mask is read back once."
-        value, slot = self.value, (batch, str(device))
-        if slot in self._memo and self._memo[slot][0] is value: return self._memo[slot][1]
-        if isinstance(value, bool): out = value, value
-        else:
-            v = torch.as_tensor(value, dtype=torch.bool).flatten()
-            if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
-            v = v.cpu().repeat_interleave(batch // len(v))
-            same = bool(v[0]) if (v == v[0]).all() else None
-            out = (same, same) if same is not None else (v.to(device), tuple(v.tolist()))
-        self._memo[slot] = value, out
-        return out
+# %% ../nbs/05_splice.ipynb #sflagrk1
+@patch
+def rows_and_key(self: SpliceFlag, batch: int, device) -> tuple:
+    "rows(batch, device) and a hashable form of it (a TextKVCache key), worked out once per value (the same object): every layer of a UNet call asks, and a GPU mask is read back once."
+    value, slot = self.value, (batch, str(device))
+    if slot in self._memo and self._memo[slot][0] is value: return self._memo[slot][1]
+    if isinstance(value, bool): out = value, value
+    else:
+        v = torch.as_tensor(value, dtype=torch.bool).flatten()
+        if len(v) == 0 or batch % len(v): raise ValueError(f"the splice flag has {len(v)} entries, which do not divide the batch of {batch} rows")
+        v = v.cpu().repeat_interleave(batch // len(v))
+        same = bool(v[0]) if (v == v[0]).all() else None
+        out = (same, same) if same is not None else (v.to(device), tuple(v.tolist()))
+    self._memo[slot] = value, out
+    return out
 
+# %% ../nbs/05_splice.ipynb #stkvproc
 class SplicedTextKVProcessor(nn.Module):
     "Processor for a text cross-attention: K, V through new copies of to_k / to_v for spliced prompts, through the originals otherwise."
     def __init__(self, attn: Attention, flag: SpliceFlag):
@@ -227,34 +235,36 @@ class SplicedTextKVProcessor(nn.Module):
         s = spliced[:, None, None]
         return torch.where(s, k, attn.to_k(context)), torch.where(s, v, attn.to_v(context))
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        residual, input_ndim = hidden_states, hidden_states.ndim
-        if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, seq_len, _ = context.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None: hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None: context = hidden_states
-        elif attn.norm_cross: context = attn.norm_encoder_hidden_states(context)
-        spliced, which = self.flag.rows_and_key(batch, context.device)
-        if encoder_hidden_states is None: key, value = self._kv(attn, context, spliced)
-        else: key, value = self.flag.cache.get(self, context, which, lambda: self._kv(attn, context, spliced))
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-        if attn.norm_q is not None: query = attn.norm_q(query)
-        if attn.norm_k is not None: key = attn.norm_k(key)
-        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4: out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection: out = out + residual
-        return out / attn.rescale_output_factor
+# %% ../nbs/05_splice.ipynb #stkvcall
+@patch
+def __call__(self: SplicedTextKVProcessor, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    residual, input_ndim = hidden_states, hidden_states.ndim
+    if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
+    if input_ndim == 4:
+        batch, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    batch, seq_len, _ = context.shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None: hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None: context = hidden_states
+    elif attn.norm_cross: context = attn.norm_encoder_hidden_states(context)
+    spliced, which = self.flag.rows_and_key(batch, context.device)
+    if encoder_hidden_states is None: key, value = self._kv(attn, context, spliced)
+    else: key, value = self.flag.cache.get(self, context, which, lambda: self._kv(attn, context, spliced))
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None: query = attn.norm_q(query)
+    if attn.norm_k is not None: key = attn.norm_k(key)
+    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if input_ndim == 4: out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+    if attn.residual_connection: out = out + residual
+    return out / attn.rescale_output_factor
 
 # %% ../nbs/05_splice.ipynb #798a358e
 def spatial_cross_attentions(unet) -> dict[str, Attention]:
@@ -262,6 +272,7 @@ def spatial_cross_attentions(unet) -> dict[str, Attention]:
     return {name: m for name, m in unet.named_modules()
             if isinstance(m, Attention) and name.endswith('.attn2') and '.attentions.' in name and 'motion_modules' not in name}
 
+# %% ../nbs/05_splice.ipynb #instkv01
 def install_spliced_text_kv(unet, flag: SpliceFlag | None = None) -> tuple[SpliceFlag, dict[str, SplicedTextKVProcessor]]:
     "Give every spatial attn2 of `unet` new to_k / to_v copies for spliced prompts; returns the shared flag and the processors by name."
     attns = spatial_cross_attentions(unet)

@@ -31,6 +31,7 @@ COLOURS = {   # name -> RGB: saturated, so that they stand out from the muted ba
 
 PATTERNS = ('solid', 'striped', 'dotted', 'checkered')
 
+# %% ../nbs/02_toyworld.ipynb #887dbe01
 PATTERN_WORDS = {   # pattern -> adjectives used in captions ('' = no adjective) and the noun for "with ..."
     'solid': {'adjectives': ('', 'plain', 'solid'), 'noun': None},
     'striped': {'adjectives': ('striped',), 'noun': 'stripes'},
@@ -38,6 +39,7 @@ PATTERN_WORDS = {   # pattern -> adjectives used in captions ('' = no adjective)
     'checkered': {'adjectives': ('checkered', 'checked'), 'noun': 'checks'},
 }
 
+# %% ../nbs/02_toyworld.ipynb #887dbe02
 BACKGROUNDS = {   # kind -> caption phrases
     'grass': ('over green grass', 'on a lawn', 'across a grassy field'),
     'sky': ('across the blue sky', 'against a cloudy sky', 'in the sky'),
@@ -76,8 +78,10 @@ class Motion:
     spin: float = 0.0
     bounce: float = 0.0
 
+# %% ../nbs/02_toyworld.ipynb #22f2d501
 _STEP = 0.02   # fraction of the frame travelled per frame by the translations (1.3 px at 64 px)
 
+# %% ../nbs/02_toyworld.ipynb #22f2d502
 MOTIONS = {m.name: m for m in [
     Motion('left', ('moves to the left', 'drifts to the left', 'slides left', 'glides to the left'),
            ('moving to the left', 'drifting to the left', 'sliding left', 'gliding to the left'), dx=-_STEP),
@@ -100,12 +104,14 @@ MOTIONS = {m.name: m for m in [
            ('spinning', 'rotating', 'turning around', 'twirling'), spin=15.0),
 ]}
 
+# %% ../nbs/02_toyworld.ipynb #22f2d503
 TRANSLATIONS = ('left', 'right', 'up', 'down', 'diagonal')
 
 COMPOUND_MOTIONS = tuple((a, b) for a in TRANSLATIONS for b in TRANSLATIONS
                          if a != b and (MOTIONS[a].dx, MOTIONS[a].dy) != (-MOTIONS[b].dx, -MOTIONS[b].dy)) \
     + (('spin', 'left'), ('spin', 'right'), ('grow', 'up'), ('left', 'bounce'), ('right', 'shrink'))
 
+# %% ../nbs/02_toyworld.ipynb #22f2d504
 def motion_name(motions) -> str:
     "The name of a simple or compound motion: ('left', 'up') -> 'left, then up'."
     motions = (motions,) if isinstance(motions, str) else tuple(motions)
@@ -113,12 +119,14 @@ def motion_name(motions) -> str:
         if m not in MOTIONS: raise ValueError(f"unknown motion {m!r}; choose from {', '.join(MOTIONS)}")
     return ', then '.join(motions)
 
+# %% ../nbs/02_toyworld.ipynb #22f2d505
 def parse_motion(name: str) -> tuple:
     "The segments of a motion name: 'left, then up' -> ('left', 'up')."
     parts = tuple(p.strip() for p in name.split(', then '))
     motion_name(parts)
     return parts
 
+# %% ../nbs/02_toyworld.ipynb #22f2d506
 def motion_segments(motions, n_frames: int) -> list:
     "Split `n_frames` frames among the segments: [(motion, first_frame, end_frame), ...] (end exclusive)."
     motions = parse_motion(motions) if isinstance(motions, str) else tuple(motions)
@@ -149,10 +157,12 @@ def _star(u, v, points=5, inner=0.45):
     ix, iy = inner * math.cos(math.pi / points), inner * math.sin(math.pi / points)
     return (ix - 1) * py - iy * (px - 1) >= 0
 
+# %% ../nbs/02_toyworld.ipynb #2683d101
 def _heart(u, v):
     x, y = u * 1.15, -v * 1.15 + 0.15
     return (x * x + y * y - 1) ** 3 - x * x * y ** 3 <= 0
 
+# %% ../nbs/02_toyworld.ipynb #2683d102
 SHAPES = {   # category -> inside test on subject coordinates (u, v), radius 1
     'ball': lambda u, v: u * u + v * v <= 1,
     'star': _star,
@@ -162,6 +172,7 @@ SHAPES = {   # category -> inside test on subject coordinates (u, v), radius 1
     'cross': lambda u, v: ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95)),
 }
 
+# %% ../nbs/02_toyworld.ipynb #2683d103
 def pattern_mask(pattern: str, u, v):
     "Where the pattern's second colour goes, in subject coordinates."
     if pattern == 'solid': return np.zeros(np.shape(u), bool)
@@ -182,6 +193,7 @@ def _smooth_noise(rng, h, w, cells):
     a, b, c, d = g[y0][:, x0], g[y0][:, x0 + 1], g[y0 + 1][:, x0], g[y0 + 1][:, x0 + 1]
     return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
 
+# %% ../nbs/02_toyworld.ipynb #19a1bb01
 def render_background(kind: str, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
     "A (height, width, 3) uint8 background of `kind` (see BACKGROUNDS), a pure function of `seed`."
     if kind not in BACKGROUNDS: raise ValueError(f"unknown background {kind!r}; choose from {', '.join(BACKGROUNDS)}")
@@ -247,12 +259,14 @@ class ClipSpec:
     @classmethod
     def from_dict(cls, d: dict) -> ClipSpec: return cls(**{k: (tuple(v) if k == 'motions' else v) for k, v in d.items()})
 
+# %% ../nbs/02_toyworld.ipynb #3876f301
 def clip_states(spec: ClipSpec) -> np.ndarray:
     "Per-frame (cx, cy, radius, angle) of the subject in pixels and degrees, (n_frames, 4)."
     tr = trajectory(spec.motions, spec.n_frames, spec.speed)
     return np.stack([(spec.x0 + tr[:, 0]) * spec.width, (spec.y0 + tr[:, 1]) * spec.height,
                      spec.radius * tr[:, 2] * spec.height, spec.angle0 + tr[:, 3]], 1)
 
+# %% ../nbs/02_toyworld.ipynb #3876f302
 def render_clip(spec: ClipSpec, supersample: int = 2):
     "Draw a clip: (frames uint8 (F,H,W,3), boxes float32 (F,4) x1,y1,x2,y2, masks bool (F,H,W))."
     H, W, ss, F = spec.height, spec.width, supersample, spec.n_frames
@@ -281,6 +295,7 @@ def render_clip(spec: ClipSpec, supersample: int = 2):
         masks[t, y1:y2, x1:x2] = alpha[..., 0] >= 0.5
     return frames, masks_to_boxes(masks), masks
 
+# %% ../nbs/02_toyworld.ipynb #3876f303
 def masks_to_boxes(masks) -> np.ndarray:
     "Boxes (x1, y1, x2, y2), x2/y2 exclusive, of boolean masks (F,H,W); all zeros for an empty mask."
     masks = np.asarray(masks, bool)
@@ -314,8 +329,10 @@ _TEMPLATES = (
     'Footage of {a} {adj} {subject} that {verb} {where}, 4k',
 )
 
+# %% ../nbs/02_toyworld.ipynb #61f49101
 def _article(word): return 'an' if word[:1].lower() in 'aeiou' else 'a'
 
+# %% ../nbs/02_toyworld.ipynb #61f49102
 def make_caption(spec: ClipSpec, rng) -> str:
     "A WebVid-style caption for `spec`, its wording drawn with `rng` (numpy Generator)."
     pick = lambda xs: xs[int(rng.integers(len(xs)))]
@@ -337,11 +354,13 @@ def split_appearances(split: str) -> tuple:
     if split not in SPLITS: raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     return HELDOUT_APPEARANCES if split == 'heldout' else TRAIN_APPEARANCES
 
+# %% ../nbs/02_toyworld.ipynb #1f05a101
 def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
     "The generator that decides clip `index` of `split` for corpus `seed`."
     split_appearances(split)
     return np.random.default_rng([int(seed), SPLITS[split], int(index)])
 
+# %% ../nbs/02_toyworld.ipynb #1f05a102
 def random_spec(seed: int, split: str = 'train', index: int = 0, n_frames: int = 24, height: int = 64,
                 width: int = 64, fps: float = 8.0, compound_frac: float = 1/3):
     "The (spec, caption) of clip `index` of a corpus: a pure function of the arguments."
@@ -369,6 +388,7 @@ def video_id(seed: int, split: str, index: int) -> str:
     if not 0 <= seed < 10_000 or not 0 <= index < 1_000_000: raise ValueError(f"seed must be < 10000 and index < 1000000, got {seed}, {index}")
     return f"{SPLITS[split]}{seed:04d}{index:06d}"
 
+# %% ../nbs/02_toyworld.ipynb #3efbd101
 def page_dir(split: str, index: int) -> str:
     "The page folder of clip `index`: e.g. 'train_000100_000199'."
     a = index // CLIPS_PER_PAGE * CLIPS_PER_PAGE
@@ -378,6 +398,7 @@ def iso_duration(seconds: float) -> str:
     "WebVid's duration format: 3.0 -> 'PT00H00M03S'."
     s = int(round(seconds)); return f"PT{s // 3600:02d}H{s // 60 % 60:02d}M{s % 60:02d}S"
 
+# %% ../nbs/02_toyworld.ipynb #3efbd102
 def clip_record(spec: ClipSpec, caption: str, vid: str, split: str, boxes) -> dict:
     "The ground-truth record of one clip."
     return dict(videoid=vid, split=split, caption=caption, subject=spec.category, category=spec.category,
@@ -422,6 +443,7 @@ def read_webvid_csv(path) -> list:
         if missing: raise ValueError(f"{path} is not a WebVid CSV: missing column(s) {missing} (it has {r.fieldnames})")
         return list(r)
 
+# %% ../nbs/02_toyworld.ipynb #8e075e01
 def load_ground_truth(root, split: str = 'train') -> dict:
     "Ground-truth records of a toyworld split, keyed by video id."
     path = Path(root) / f'{split}_ground_truth.jsonl'

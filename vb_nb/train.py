@@ -700,6 +700,7 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     from diffusers import AutoencoderKL, UNetMotionModel
     from safetensors.torch import load_file, save_file
     from vb_nb.clip import TEXT_LAYERS_FILE
+    from vb_nb.core import make_portable
     from vb_nb.model import load_motion_text, save_unet
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
@@ -719,6 +720,7 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     runs = {'vae': 'vae', 'base': bases[0], **{r: r for r in bases[1:]}, 'coarse': coarse_run, 'fine': fine_run}   # coarse_run: the run fine_run started from
     logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
+    make_portable(dest)                 # no absolute paths in what ships
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
 
