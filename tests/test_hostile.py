@@ -1,5 +1,5 @@
 "What a user has beside an output is never deleted, and crafted files get a clear error instead of running code or filling memory."
-import io, json, os, subprocess, sys
+import io, json, os, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest, torch
@@ -94,3 +94,145 @@ def test_the_usual_formats_still_open(tmp_path):
     for fmt in ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP'):
         buf = io.BytesIO(); Image.new('RGB', (16, 16), (200, 30, 30)).save(buf, format=fmt)
         assert open_image(buf.getvalue()).size == (16, 16) and read_upload(f'x.{fmt.lower()}', buf.getvalue()).size == (16, 16)
+
+
+# ---- a training run's folder: the run's alone, locked while it trains, resumed only with its own settings
+
+from vb_nb.train import TrainConfig, fit, checkpoints, NonFiniteLoss
+
+class Linear(torch.nn.Module):
+    def __init__(self): super().__init__(); torch.manual_seed(0); self.lin = torch.nn.Linear(4, 1)
+    def forward(self, x): return self.lin(x)
+
+def mse(model, batch): x, y = batch; return ((model(x) - y)**2).mean()
+def toy_batch(micro): x = torch.randn(8, 4); return x, x.sum(1, keepdim=True)
+
+def linear_run(out, resume=True, model=None, loss=mse, **kw):
+    cfg = TrainConfig(**{**dict(stage='base', out_dir=str(out), max_steps=3, checkpoint_every=1, lr=0.1), **kw})
+    return fit(cfg, model or Linear(), loss, toy_batch, resume=resume)
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_left_as_it_was(tmp_path):
+    (tmp_path/'final').mkdir(); (tmp_path/'final'/'thesis.tex').write_text('mine')
+    (tmp_path/'summary.json').write_text('mine')
+    (tmp_path/'checkpoints'/'.tmp_step_0000001').mkdir(parents=True); (tmp_path/'checkpoints'/'.tmp_step_0000001'/'notes.txt').write_text('mine')
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    with pytest.raises(ValueError, match='not a training run'): linear_run(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')) == before
+    assert (tmp_path/'final'/'thesis.tex').read_text() == 'mine' and (tmp_path/'summary.json').read_text() == 'mine'
+
+
+def test_a_users_step_folders_are_not_resumed_from(tmp_path):
+    (tmp_path/'checkpoints'/'step_0000002').mkdir(parents=True); (tmp_path/'checkpoints'/'step_0000002'/'state.json').write_text('{}')
+    with pytest.raises(ValueError): linear_run(tmp_path)
+    assert (tmp_path/'checkpoints'/'step_0000002'/'state.json').read_text() == '{}'
+
+
+def test_a_run_records_its_settings_and_a_resume_with_others_is_refused(tmp_path):
+    linear_run(tmp_path, max_steps=2)
+    assert json.loads((tmp_path/'training_run.json').read_text())['config']['lr'] == 0.1
+    for other in (dict(lr=0.2), dict(seed=1), dict(grad_accum=2)):
+        with pytest.raises(ValueError, match=f"{next(iter(other))} was"): linear_run(tmp_path, max_steps=3, **other)
+    assert [p.name for p in checkpoints(tmp_path)] == ['step_0000001', 'step_0000002']
+    assert len(linear_run(tmp_path, max_steps=3, checkpoint_every=3)) == 3      # more steps, another interval: the same run, resumed
+
+
+def test_no_resume_starts_afresh_and_the_next_run_does_not_resume_the_old_one(tmp_path):
+    linear_run(tmp_path, max_steps=3)                       # checkpoints at steps 2 and 3
+    (tmp_path/'mine.txt').write_text('mine')
+    losses = linear_run(tmp_path, resume=False, max_steps=1, lr=0.05)   # a new run, other settings
+    assert len(losses) == 1 and [p.name for p in checkpoints(tmp_path)] == ['step_0000001']
+    assert len(linear_run(tmp_path, max_steps=2, lr=0.05)) == 2        # resumes the new run, from its step 1
+    assert (tmp_path/'mine.txt').read_text() == 'mine'
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    script = f"""
+import sys, time, torch; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_hostile import linear_run, mse
+def slow(m, b): time.sleep(0.3); return mse(m, b)
+linear_run({str(tmp_path/'run')!r}, loss=slow, max_steps=40)
+"""
+    p = subprocess.Popen([sys.executable, '-c', script], env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    try:
+        for _ in range(600):
+            if (tmp_path/'run'/'checkpoints').is_dir(): break
+            time.sleep(0.1)
+        assert p.poll() is None, 'the first run ended too soon'
+        with pytest.raises(ValueError, match='in use'): linear_run(tmp_path/'run', max_steps=40)
+    finally: p.kill(); p.wait()
+    assert len(linear_run(tmp_path/'run', max_steps=40)) == 40      # once it is gone, the folder is free again: its lock died with it
+
+
+def test_nan_weights_from_a_corrupt_optimizer_state_stop_the_run_and_are_never_saved(tmp_path):
+    linear_run(tmp_path, max_steps=1)
+    (ck,) = checkpoints(tmp_path)
+    st = torch.load(ck/'optimizer.pt', weights_only=True)
+    for s in st['optimizer']['state'].values(): s['exp_avg'].fill_(float('nan'))
+    torch.save(st, ck/'optimizer.pt')
+    with pytest.raises(NonFiniteLoss, match='last good checkpoint'): linear_run(tmp_path, max_steps=3)
+    assert [p.name for p in checkpoints(tmp_path)] == ['step_0000001']
+
+
+def test_a_checkpoint_is_never_written_with_nan_weights(tmp_path):
+    from vb_nb.train import save_checkpoint
+    m = Linear(); opt = torch.optim.AdamW(m.parameters()); sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with torch.no_grad(): m.lin.weight[0, 0] = float('nan')
+    with pytest.raises(NonFiniteLoss): save_checkpoint(tmp_path, 1, m, opt, sched, [0.1], TrainConfig(stage='base', out_dir=str(tmp_path)))
+    assert checkpoints(tmp_path) == []
+
+
+def test_checkpoint_weights_are_readable_as_configs_are(tmp_path):
+    mask = os.umask(0o022)
+    try: linear_run(tmp_path, max_steps=1)
+    finally: os.umask(mask)
+    (ck,) = checkpoints(tmp_path)
+    assert {p.name: p.stat().st_mode & 0o777 for p in ck.iterdir()} == {n: 0o644 for n in ('trainable.safetensors', 'optimizer.pt', 'config.json', 'state.json')}
+
+
+# ---- training inputs that are not what a run writes: a clear error naming the file
+
+@pytest.mark.parametrize('damage, says', [
+    (lambda ck: (ck/'state.json').write_text('{"step": "3", "losses": 7}'), 'state.json'),
+    (lambda ck: torch.save({}, ck/'optimizer.pt'), 'optimizer.pt'),
+    (lambda ck: __import__('safetensors.torch').torch.save_file({}, str(ck/'trainable.safetensors')), 'lacks 2 of the 2 trainable weights'),
+    (lambda ck: __import__('safetensors.torch').torch.save_file({'lin.weight': torch.zeros(1, 4), 'lin.bias': torch.zeros(1), 'frozen.weight': torch.zeros(3)},
+                                                                 str(ck/'trainable.safetensors')), 'does not train'),
+    (lambda ck: __import__('safetensors.torch').torch.save_file({'lin.weight': torch.zeros(2, 4), 'lin.bias': torch.zeros(1)}, str(ck/'trainable.safetensors')), r'is \(2, 4\)'),
+])
+def test_a_damaged_checkpoint_gets_a_clear_error(tmp_path, damage, says):
+    class WithFrozen(Linear):
+        def __init__(self): super().__init__(); self.frozen = torch.nn.Linear(3, 1, bias=False).requires_grad_(False); self.frozen.weight.data = torch.ones(3)
+    linear_run(tmp_path, max_steps=1, model=WithFrozen())
+    (ck,) = checkpoints(tmp_path); damage(ck)
+    m = WithFrozen()
+    with pytest.raises(ValueError, match=says): linear_run(tmp_path, max_steps=2, model=m)
+    assert torch.equal(m.frozen.weight, torch.ones(3))           # a frozen weight is never overwritten
+
+
+def test_a_config_file_with_wrong_values_gets_a_clear_error(tmp_path, capsys):
+    from vb_nb.train import main
+    for text, says in (('', 'not a readable JSON config'), ('[1, 2]', 'JSON object'), ('{"lr": "fast"}', 'lr must be a finite number'),
+                       ('{"max_grad_norm": NaN}', 'max_grad_norm must be a finite number')):
+        (tmp_path/'c.json').write_text(text)
+        with pytest.raises(SystemExit) as e: main(['--stage', 'coarse', '--config', str(tmp_path/'c.json'), '--out', str(tmp_path/'o')])
+        assert e.value.code == 2 and says in capsys.readouterr().err, text
+    with pytest.raises(SystemExit) as e: main(['--stage', 'coarse', '--config', str(tmp_path/'missing.json'), '--out', str(tmp_path/'o')])
+    assert e.value.code == 2 and 'no config file' in capsys.readouterr().err
+    with pytest.raises(SystemExit): main(['--stage', 'coarse', '--max-grad-norm', 'nan', '--out', str(tmp_path/'o')])
+    assert 'max_grad_norm' in capsys.readouterr().err and not (tmp_path/'o').exists()
+
+
+def test_a_skipped_record_with_wrong_types_gets_a_clear_error(tmp_path):
+    from vb_nb.train import Batches
+    (tmp_path/'skipped.json').write_text('{"0": "corrupt"}')
+    with pytest.raises(ValueError, match='skipped.json'): Batches([1, 2], 1, out_dir=tmp_path)
+
+
+def test_a_dataset_with_no_readable_clip_gets_a_clear_error():
+    from vb_nb.core import VideoReadError
+    from vb_nb.train import random_batch
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self): return 3
+        def __getitem__(self, i): raise VideoReadError(f'v{i}.mp4', 'corrupt video stream')
+    with pytest.raises(ValueError, match='no item of the dataset can be read'): random_batch(Unreadable(), 2, {})

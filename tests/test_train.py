@@ -206,11 +206,13 @@ def test_an_unreadable_item_is_skipped_for_the_next_readable_one():
 
 
 def test_partial_checkpoint_folders_are_removed(tmp_path, dataset):
-    left = tmp_path/'checkpoints'/'.tmp_step_0000004'; left.mkdir(parents=True); (left/'trainable.safetensors').write_bytes(b'half')
     model = VideoBooth.toy(seed=0); model.set_stage(1)
-    fit(TrainConfig(stage='coarse', out_dir=str(tmp_path), max_steps=1, batch_size=2, num_frames=2), model,
-        lambda m, b: videobooth_loss(m, b, 1), lambda micro: random_batch(dataset, 2))
-    assert not left.exists() and [p.name for p in checkpoints(tmp_path)] == ['step_0000001']
+    run = lambda steps: fit(TrainConfig(stage='coarse', out_dir=str(tmp_path), max_steps=steps, batch_size=2, num_frames=2), model,
+                            lambda m, b: videobooth_loss(m, b, 1), lambda micro: random_batch(dataset, 2))
+    run(1)                                        # the run's folder; then a kill while writing the next checkpoint leaves this
+    left = tmp_path/'checkpoints'/'.tmp_step_0000004'; left.mkdir(parents=True); (left/'trainable.safetensors').write_bytes(b'half')
+    run(2)
+    assert not left.exists() and [p.name for p in checkpoints(tmp_path)] == ['step_0000001', 'step_0000002']
 
 
 def _checkpoint(tmp_path, dataset):
