@@ -16,10 +16,10 @@ try: import fcntl
 except ImportError: fcntl = None       # Windows: stale temporaries are recognised by age alone
 
 # %% auto #0
-__all__ = ['TEMP_PREFIX', 'MAX_IMAGE_PIXELS', 'IMAGE_FORMATS', 'default_device', 'default_dtype', 'seed_everything',
-           'project_root', 'data_dir', 'outputs_dir', 'remove_stale_temps', 'atomic_path', 'atomic_folder',
-           'load_checkpoint', 'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info', 'read_video',
-           'write_video', 'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
+__all__ = ['TEMP_PREFIX', 'MAX_VIDEO_PIXELS', 'MAX_IMAGE_PIXELS', 'IMAGE_FORMATS', 'default_device', 'default_dtype',
+           'seed_everything', 'project_root', 'data_dir', 'outputs_dir', 'remove_stale_temps', 'atomic_path',
+           'atomic_folder', 'load_checkpoint', 'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info',
+           'read_video', 'write_video', 'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
 
 # %% ../nbs/00_core.ipynb #619188e8
 def default_device() -> torch.device:
@@ -169,6 +169,8 @@ def sample_frame_indices(num_frames: int, n: int, window: int|None = None, start
     return start + np.floor(np.arange(n) * window / n).astype(int)
 
 # %% ../nbs/00_core.ipynb #15458ffc
+MAX_VIDEO_PIXELS = 4096 * 2160     # pixels of one frame: DCI 4K. A small file can claim 4096 x 4096 frames and fill memory once decoded
+
 class VideoReadError(Exception):
     "A video file could not be read: missing, not a video, or corrupt."
     def __init__(self, path, reason):
@@ -191,11 +193,17 @@ def _open_video(path):
     except (av.FFmpegError, UnicodeDecodeError) as e: raise VideoReadError(path, f"not a readable video ({e})") from e
     if not container.streams.video:
         container.close(); raise VideoReadError(path, "the file has no video stream")
+    cc = container.streams.video[0].codec_context
+    if cc.width * cc.height > MAX_VIDEO_PIXELS:         # from the header, before any frame is decoded
+        container.close(); raise VideoReadError(path, f"its frames are {cc.width} x {cc.height} pixels, more than {MAX_VIDEO_PIXELS:,} (4096 x 2160): downscale it")
     return container
 
 def _decode(path, container):
     "Decoded frames of the first video stream (PyAV frames: converted to RGB only when kept)."
-    try: yield from container.decode(video=0)
+    try:
+        for f in container.decode(video=0):
+            if f.width * f.height > MAX_VIDEO_PIXELS: raise VideoReadError(path, f"a frame is {f.width} x {f.height} pixels, more than {MAX_VIDEO_PIXELS:,} (4096 x 2160): downscale it")
+            yield f
     except av.FFmpegError as e: raise VideoReadError(path, f"corrupt video stream ({e})") from e
 
 def _rgb(frame) -> np.ndarray: return frame.to_ndarray(format='rgb24')
