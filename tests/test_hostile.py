@@ -1,5 +1,5 @@
 "What a user has beside an output is never deleted, and crafted files get a clear error instead of running code or filling memory."
-import io, json, os, subprocess, sys, time
+import io, json, os, re, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest, torch
@@ -236,3 +236,69 @@ def test_a_dataset_with_no_readable_clip_gets_a_clear_error():
         def __len__(self): return 3
         def __getitem__(self, i): raise VideoReadError(f'v{i}.mp4', 'corrupt video stream')
     with pytest.raises(ValueError, match='no item of the dataset can be read'): random_batch(Unreadable(), 2, {})
+
+
+# ---- a pipeline folder's tokenizer and configs: capped and checked before anything is built
+
+@pytest.fixture(scope='module')
+def pipeline_folder(tmp_path_factory):
+    from vb_nb.sample import assemble
+    torch.set_num_threads(1)
+    return assemble(tmp_path_factory.mktemp('pipe')/'toy')
+
+def _copy_pipeline(pipeline_folder, tmp_path):
+    import shutil
+    shutil.copytree(pipeline_folder, tmp_path/'p'); return tmp_path/'p'
+
+def _edit(path, **change):
+    cfg = json.loads(path.read_text()); cfg.update(change); path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize('value', ['absent', 1e12])
+def test_a_pipeline_folders_tokenizer_is_capped_at_77(pipeline_folder, tmp_path, value):
+    from vb_nb.sample import load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path)
+    f = p/'tokenizer'/'tokenizer_config.json'; cfg = json.loads(f.read_text()); cfg.pop('model_max_length', None)
+    if value != 'absent': cfg['model_max_length'] = value
+    f.write_text(json.dumps(cfg))
+    pipe = load_model(p, device='cpu')
+    assert pipe.tokenizer.model_max_length == 77                     # checked first: an uncapped one would try to pad to 1e12
+    from vb_nb.clip import encode_text
+    assert encode_text(pipe.text_encoder, pipe.tokenizer, ['a box drifts to the right']).shape[1] == 77
+
+
+CRAFTED = [   # part, file, change, what the error says; the first three would ask for terabytes or gigabytes if built
+    ('unet', 'config.json', dict(block_out_channels=[32, 1_000_000]), 'block_out_channels is'),
+    ('adapter', 'config.json', 'hidden_dim', 'hidden_dim is 300000000'),
+    ('feature_extractor', 'preprocessor_config.json', dict(size={'shortest_edge': 60000}), 'size is'),
+    ('vae', 'config.json', dict(sample_size=-64), 'sample_size is -64'),
+    ('vae', 'config.json', dict(block_out_channels=[32], down_block_types=['DownEncoderBlock2D'], up_block_types=['UpDecoderBlock2D']), '2 to 8 blocks'),
+    ('scheduler', 'scheduler_config.json', dict(num_train_timesteps=0), 'num_train_timesteps is 0'),
+    ('adapter', 'config.json', 'no mapper', "lacks ['mapper_config'"),
+]
+
+@pytest.mark.parametrize('part, file, change, says', CRAFTED, ids=[c[3].split()[0] + '-' + c[0] for c in CRAFTED])
+def test_a_crafted_config_is_named_before_anything_is_built(pipeline_folder, tmp_path, part, file, change, says):
+    from vb_nb.sample import load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path); f = p/part/file
+    if change == 'hidden_dim': cfg = json.loads(f.read_text()); cfg['mapper_config']['hidden_dim'] = 300_000_000; f.write_text(json.dumps(cfg))
+    elif change == 'no mapper': cfg = json.loads(f.read_text()); del cfg['mapper_config']; f.write_text(json.dumps(cfg))
+    else: _edit(f, **change)
+    with pytest.raises(ValueError, match=re.escape(says)) as e: load_model(p, device='cpu')
+    assert file in str(e.value)
+
+
+@pytest.mark.parametrize('index, says', [('[["diffusers", "UNetMotionModel"]]', 'not a JSON object'), ('[' * 50_000 + ']' * 50_000, 'not a readable JSON config'),
+                                         ('{"unet": [[["diffusers"]]]}', 'not a [library, class] pair')])
+def test_a_crafted_model_index_is_named(pipeline_folder, tmp_path, index, says):
+    from vb_nb.sample import load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path); (p/'model_index.json').write_text(index)
+    with pytest.raises(ValueError, match=re.escape(says)): load_model(p, device='cpu')
+
+
+def test_nan_weights_are_named_at_loading_not_blamed_on_the_guidance(pipeline_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from vb_nb.sample import load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path)
+    (f,) = (p/'vae').glob('*.safetensors'); w = load_file(str(f)); k = next(iter(w)); w[k] = torch.full_like(w[k], float('nan')); save_file(w, str(f))
+    with pytest.raises(ValueError, match="vae has NaN or infinite weights"): load_model(p, device='cpu')

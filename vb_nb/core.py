@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #ed1ff37d
 from __future__ import annotations
-import base64, contextlib, io, os, pickle, random, re, tempfile, time, warnings
+import base64, contextlib, io, json, math, os, pickle, random, re, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +16,11 @@ try: import fcntl
 except ImportError: fcntl = None       # Windows: stale temporaries are recognised by age alone
 
 # %% auto #0
-__all__ = ['TEMP_PREFIX', 'MAX_VIDEO_PIXELS', 'MAX_IMAGE_PIXELS', 'IMAGE_FORMATS', 'default_device', 'default_dtype',
-           'seed_everything', 'project_root', 'data_dir', 'outputs_dir', 'remove_stale_temps', 'atomic_path',
-           'atomic_folder', 'load_checkpoint', 'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info',
-           'read_video', 'write_video', 'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
+__all__ = ['TEMP_PREFIX', 'MAX_CONFIG_BYTES', 'MAX_VIDEO_PIXELS', 'MAX_IMAGE_PIXELS', 'IMAGE_FORMATS', 'default_device',
+           'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir', 'remove_stale_temps',
+           'atomic_path', 'atomic_folder', 'load_checkpoint', 'check_config', 'read_config', 'sample_frame_indices',
+           'VideoReadError', 'VideoInfo', 'video_info', 'read_video', 'write_video', 'gif_bytes', 'Video', 'show_video',
+           'frame_grid', 'open_image', 'image_to_rgb']
 
 # %% ../nbs/00_core.ipynb #619188e8
 def default_device() -> torch.device:
@@ -157,6 +158,37 @@ def load_checkpoint(path, map_location='cpu'):
                          "a trusted run") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{str(path)!r} is not a readable torch checkpoint (truncated or corrupt?): {e}. Delete it to start afresh") from None
+
+# %% ../nbs/00_core.ipynb #cfgfn001
+MAX_CONFIG_BYTES = 1_000_000
+
+def _numbers(v) -> list|None:
+    "The numbers of a config value: a number, or a list of them, or a dict of them (an image processor's size); None for anything else."
+    if isinstance(v, dict): v = list(v.values())
+    if isinstance(v, (int, float)) and not isinstance(v, bool): v = [v]
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    return list(v) if ok else None
+
+def check_config(cfg, bounds: dict, where: str, required=()) -> dict:
+    "`cfg` if it is a dict holding `required` keys and, for each key of `bounds` present, numbers in its (lo, hi) (or a list of at most `n` of them for (lo, hi, n)); else a ValueError naming `where` and the field."
+    if not isinstance(cfg, dict): raise ValueError(f"{where} is not a JSON object of settings but a {type(cfg).__name__}")
+    missing = [k for k in required if k not in cfg]
+    if missing: raise ValueError(f"{where} lacks {missing}: it is not a complete config of this part")
+    for k, (lo, hi, *n) in bounds.items():
+        if cfg.get(k) is None: continue
+        xs = _numbers(cfg[k])
+        if xs is None or not xs or (n and len(xs) > n[0]) or not all(math.isfinite(x) and lo <= x <= hi for x in xs):
+            raise ValueError(f"{where}: {k} is {str(cfg[k])[:80]}; it must be a number{' (or a list of up to ' + str(n[0]) + ')' if n else ''} in [{lo:g}, {hi:g}], "
+                             "as every real model's is: the file is damaged or crafted")
+    return cfg
+
+def read_config(path, bounds: dict|None = None, required=()) -> dict:
+    "The JSON object in `path`, checked with check_config; a ValueError naming the file if it is too large, not JSON or out of bounds."
+    path = Path(path)
+    if path.stat().st_size > MAX_CONFIG_BYTES: raise ValueError(f"{str(path)!r} is {path.stat().st_size:,} bytes: a config is a few KB; the file is damaged or crafted")
+    try: cfg = json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, RecursionError) as e: raise ValueError(f"{str(path)!r} is not a readable JSON config ({type(e).__name__}: {str(e)[:100]})") from None
+    return check_config(cfg, bounds or {}, repr(str(path)), required)
 
 # %% ../nbs/00_core.ipynb #82981a13
 def sample_frame_indices(num_frames: int, n: int, window: int|None = None, start: int|None = None, rng=None) -> np.ndarray:

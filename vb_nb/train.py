@@ -826,7 +826,7 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     low = autocast_dtype(acc)
     if low != torch.float32:    # autocast computes in it anyway: half the memory of the frozen weights; not those the stage saves with its result
         store_frozen_in(model.vae if cfg.stage in ('base', 'motion_text') else model, low, keep=(model.adapter,) if hasattr(model, 'adapter') else ())
-    check_run_folder(cfg.out_dir, cfg, resume, inputs)          # before the data is built: a folder that cannot take the run costs nothing
+    if acc.is_main_process: check_run_folder(cfg.out_dir, cfg, resume, inputs)   # before the data is built: a folder that cannot take the run costs nothing
     with run_folder(cfg.out_dir, cfg, resume, inputs, acc): return _train_held(cfg, inputs, dataset, model, resume, acc)
 
 def _train_held(cfg, inputs, dataset, model, resume, acc) -> tuple:
