@@ -244,3 +244,65 @@ def test_a_manifest_path_leading_outside_is_refused(reference, tmp_path):
     rows = vd.read_manifest(out)
     (out/'manifest.csv').write_text(text.replace(rows[0]['image_prompt'], '../../../../etc/passwd', 1))
     with pytest.raises(ValueError, match='leads outside its folder'): vd.VideoPromptDataset(out)
+
+
+def _copy(reference, tmp_path):
+    import shutil
+    out = tmp_path/'ds'; shutil.copytree(reference[0], out)
+    return out
+
+
+def test_a_manifest_missing_a_column_or_a_folder_in_its_place_is_named(corpus, detector, reference, tmp_path):
+    out = _copy(reference, tmp_path)
+    with open(out/'manifest.csv', newline='') as f: rows = list(csv.DictReader(f))
+    with open(out/'manifest.csv', 'w', newline='') as f:
+        w = csv.DictWriter(f, [c for c in rows[0] if c != 'image_prompt']); w.writeheader()
+        for r in rows: w.writerow({k: v for k, v in r.items() if k != 'image_prompt'})
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['image_prompt'\]"): vd.VideoPromptDataset(out)
+    (out/'manifest.csv').unlink(); (out/'manifest.csv').mkdir()
+    with pytest.raises(ValueError, match='is not a file'): vd.VideoPromptDataset(out)
+    (tmp_path/'ds2'/'manifest.csv').mkdir(parents=True); seen = []      # the build says so before processing any clip
+    with pytest.raises(ValueError, match='manifest.csv must be a file'):
+        vd.build_dataset(corpus/'train.csv', corpus/'videos', tmp_path/'ds2', detector, progress=False, on_clip=seen.append)
+    assert seen == [] and not (tmp_path/'ds2'/'clips').exists()
+
+
+def test_a_clip_listed_twice_is_named(corpus, detector, tmp_path):
+    lines = (corpus/'train.csv').read_text().splitlines(keepends=True)
+    (tmp_path/'dup.csv').write_text(''.join(lines[:4] + [lines[2]] + lines[4:6]))
+    with pytest.raises(ValueError, match=r'dup.csv, line 5: video .* is already on line 3'):
+        vd.build_dataset(tmp_path/'dup.csv', corpus/'videos', tmp_path/'ds', detector, progress=False)
+    assert not (tmp_path/'ds'/'clips').exists()
+
+
+def test_a_video_with_huge_frames_is_refused_before_decoding(tmp_path):
+    from vb_nb.core import VideoReadError, video_info, read_video
+    write_video(np.zeros((2, 4096, 4096, 3), np.uint8), tmp_path/'bomb.mp4')
+    assert (tmp_path/'bomb.mp4').stat().st_size < 200_000                # a small file ...
+    for read in (video_info, lambda p: read_video(p, n=2)):               # ... whose frames would take gigabytes to decode and resize
+        with pytest.raises(VideoReadError, match='4096 x 4096 pixels'): read(tmp_path/'bomb.mp4')
+
+
+def test_a_decompression_bomb_image_prompt_is_skipped_not_fatal(reference, tmp_path):
+    import struct, zlib
+    from vb_nb.train import UNREADABLE, random_batch
+    out = _copy(reference, tmp_path)
+    ds = vd.VideoPromptDataset(out, n_frames=2, size=32, clip_size=32)
+    png = bytearray((out/ds.rows[0]['image_prompt']).read_bytes())
+    png[16:24] = struct.pack('>II', 30000, 30000); png[29:33] = struct.pack('>I', zlib.crc32(bytes(png[12:29])))
+    (out/ds.rows[0]['image_prompt']).write_bytes(bytes(png))
+    with pytest.raises(UNREADABLE, match='too large'): ds[0]
+    skip = {}
+    torch.manual_seed(0); b = random_batch(ds, 4, skip)                   # training skips the clip and goes on
+    assert len(b['caption']) == 4 and (not skip or set(skip) == {0})
+
+
+def test_a_symlink_in_clips_does_not_lead_outside(reference, tmp_path):
+    from vb_nb.train import UNREADABLE
+    out = _copy(reference, tmp_path)
+    ds = vd.VideoPromptDataset(out, n_frames=2, size=32, clip_size=32)
+    folder = (out/ds.rows[0]['image_prompt']).parent
+    secret = tmp_path/'secret'; secret.mkdir(); (secret/'image_prompt.png').write_bytes((folder/'image_prompt.png').read_bytes())
+    import shutil; shutil.rmtree(folder); folder.symlink_to(secret, target_is_directory=True)
+    with pytest.raises(UNREADABLE, match='leads outside'): ds[0]
+    ds[1]                                                                  # the others read as before

@@ -64,3 +64,23 @@ def test_folder_spec_and_errors(model_dir, tmp_path):
     assert isinstance(make_backend(str(model_dir), max_new_tokens=4), TransformersBackend)
     with pytest.raises(FileNotFoundError, match='config.json'): TransformersBackend(tmp_path)
     with pytest.raises(ValueError, match='cannot make a prompt backend'): make_backend(str(tmp_path / 'missing'))
+
+
+LOOPING_TEMPLATE = "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}"
+
+def _looping_model(tmp_path):
+    from transformers import AutoTokenizer
+    path = save_tiny_causal_lm(tmp_path/'loops', words=['star'])
+    tok = AutoTokenizer.from_pretrained(path); tok.chat_template = LOOPING_TEMPLATE; tok.save_pretrained(path)
+    return path
+
+
+def test_a_chat_template_that_loops_for_ever_is_stopped_by_the_deadline(tmp_path):
+    import time
+    b = make_backend(_looping_model(tmp_path), timeout=2, max_new_tokens=4)
+    t = time.monotonic()
+    with pytest.raises(LLMError, match='no answer within 2 s'): b.complete(refine_messages(CAPTION, 'star'))
+    assert time.monotonic() - t < 30
+    with pytest.warns(PromptFallbackWarning, match='chat template'): assert refine(CAPTION, 'star', b) == CAPTION
+    assert time.monotonic() - t < 60
+

@@ -206,11 +206,13 @@ def test_an_unreadable_item_is_skipped_for_the_next_readable_one():
 
 
 def test_partial_checkpoint_folders_are_removed(tmp_path, dataset):
-    left = tmp_path/'checkpoints'/'.tmp_step_0000004'; left.mkdir(parents=True); (left/'trainable.safetensors').write_bytes(b'half')
     model = VideoBooth.toy(seed=0); model.set_stage(1)
-    fit(TrainConfig(stage='coarse', out_dir=str(tmp_path), max_steps=1, batch_size=2, num_frames=2), model,
-        lambda m, b: videobooth_loss(m, b, 1), lambda micro: random_batch(dataset, 2))
-    assert not left.exists() and [p.name for p in checkpoints(tmp_path)] == ['step_0000001']
+    run = lambda steps: fit(TrainConfig(stage='coarse', out_dir=str(tmp_path), max_steps=steps, batch_size=2, num_frames=2), model,
+                            lambda m, b: videobooth_loss(m, b, 1), lambda micro: random_batch(dataset, 2))
+    run(1)                                        # the run's folder; then a kill while writing the next checkpoint leaves this
+    left = tmp_path/'checkpoints'/'.tmp_step_0000004'; left.mkdir(parents=True); (left/'trainable.safetensors').write_bytes(b'half')
+    run(2)
+    assert not left.exists() and [p.name for p in checkpoints(tmp_path)] == ['step_0000001', 'step_0000002']
 
 
 def _checkpoint(tmp_path, dataset):
@@ -256,3 +258,40 @@ def test_a_real_base_needs_frames_writes_outside_toy_and_fine_needs_an_adapter(t
     main(['--stage', 'fine', '--num-frames', '2', '--adapter', str(tmp_path/'outputs'/'coarse'/'final')] + real)
     main(['--stage', 'fine', '--num-frames', '2', '--from-scratch', '--out', str(tmp_path/'scratch')] + real)
     assert (tmp_path/'outputs'/'fine'/'final').is_dir() and (tmp_path/'scratch'/'final').is_dir()
+
+
+# ---- the command line on a folder that is not a run, a NaN from a corrupt checkpoint, inputs out of range
+
+def _cli(toy_inputs, out, *extra):
+    return ['--stage', 'coarse', '--data', toy_inputs.data, '--vae', toy_inputs.vae, '--unet', toy_inputs.unet, '--out', str(out), '--max-steps', '1',
+            '--batch-size', '2', '--num-frames', '2', '--sample-steps', '0', '--checkpoint-every', '1', '--text-dropout', '0', '--image-dropout', '0', *extra]
+
+
+def test_cli_refuses_a_folder_that_is_not_a_run_and_changes_nothing(tmp_path, toy_inputs, capsys):
+    (tmp_path/'final').mkdir(); (tmp_path/'final'/'thesis.tex').write_text('mine'); (tmp_path/'summary.json').write_text('mine')
+    with pytest.raises(SystemExit) as e: main(_cli(toy_inputs, tmp_path))
+    assert e.value.code == 2 and 'not a training run' in capsys.readouterr().err
+    assert (tmp_path/'final'/'thesis.tex').read_text() == 'mine' and (tmp_path/'summary.json').read_text() == 'mine'
+    assert sorted(os.listdir(tmp_path)) == ['final', 'summary.json'] and os.listdir(tmp_path/'final') == ['thesis.tex']
+
+
+def test_cli_stops_with_a_non_zero_exit_when_a_corrupt_optimizer_state_makes_nan_weights(tmp_path, toy_inputs, capsys):
+    main(_cli(toy_inputs, tmp_path))
+    (ck,) = checkpoints(tmp_path)
+    st = torch.load(ck/'optimizer.pt', weights_only=True)
+    assert st['optimizer']['state']
+    for s in st['optimizer']['state'].values(): s['exp_avg'].fill_(float('nan'))
+    torch.save(st, ck/'optimizer.pt')
+    final = (tmp_path/'final'/'diffusion_pytorch_model.safetensors').read_bytes()
+    with pytest.raises(SystemExit) as e: main(_cli(toy_inputs, tmp_path, '--max-steps', '3'))
+    assert e.value.code == 1 and 'NaN' in capsys.readouterr().err
+    assert [p.name for p in checkpoints(tmp_path)] == ['step_0000001']                            # nothing NaN was saved
+    assert (tmp_path/'final'/'diffusion_pytorch_model.safetensors').read_bytes() == final
+
+
+def test_cli_names_too_many_frames_and_an_out_that_is_a_file_before_training(tmp_path, toy_inputs, capsys):
+    with pytest.raises(SystemExit) as e: main(_cli(toy_inputs, tmp_path/'o', '--num-frames', '40'))
+    assert e.value.code == 2 and '(32 frames)' in capsys.readouterr().err and not (tmp_path/'o').exists()
+    (tmp_path/'file').write_text('mine')
+    with pytest.raises(SystemExit) as e: main(_cli(toy_inputs, tmp_path/'file'))
+    assert e.value.code == 2 and 'is a file' in capsys.readouterr().err and (tmp_path/'file').read_text() == 'mine'

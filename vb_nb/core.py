@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #ed1ff37d
 from __future__ import annotations
-import base64, contextlib, io, os, pickle, random, re, tempfile, time, warnings
+import base64, contextlib, io, json, math, os, pickle, random, re, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +16,11 @@ try: import fcntl
 except ImportError: fcntl = None       # Windows: stale temporaries are recognised by age alone
 
 # %% auto #0
-__all__ = ['MAX_IMAGE_PIXELS', 'default_device', 'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir',
-           'remove_stale_temps', 'atomic_path', 'atomic_folder', 'portable', 'make_portable', 'load_checkpoint',
-           'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info', 'read_video', 'write_video',
-           'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
+__all__ = ['TEMP_PREFIX', 'MAX_CONFIG_BYTES', 'MAX_VIDEO_PIXELS', 'MAX_IMAGE_PIXELS', 'IMAGE_FORMATS', 'default_device',
+           'default_dtype', 'seed_everything', 'project_root', 'data_dir', 'outputs_dir', 'remove_stale_temps',
+           'atomic_path', 'atomic_folder', 'portable', 'make_portable', 'load_checkpoint', 'check_config',
+           'read_config', 'sample_frame_indices', 'VideoReadError', 'VideoInfo', 'video_info', 'read_video',
+           'write_video', 'gif_bytes', 'Video', 'show_video', 'frame_grid', 'open_image', 'image_to_rgb']
 
 # %% ../nbs/00_core.ipynb #619188e8
 def default_device() -> torch.device:
@@ -65,7 +66,14 @@ def outputs_dir() -> Path:
 def _umask() -> int:
     mask = os.umask(0); os.umask(mask); return mask
 
-_TEMP_NAME = re.compile(r'^\.(.+)\.[a-z0-9_]{8}(\.[^.]*)?$')     # tempfile's names: .<target>.<8 random chars><target's suffix>
+def _usual_modes(path: Path):
+    "Give `path` (and, if a folder, all it holds) the umask's permissions: 0666 & ~umask for files, 0777 & ~umask for folders."
+    mask = _umask()
+    for p in [path, *(path.rglob('*') if path.is_dir() and not path.is_symlink() else [])]:
+        if not p.is_symlink(): p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+TEMP_PREFIX = '.vb_nb-tmp.'
+_TEMP_NAME = re.compile(r'^\.vb_nb-tmp\.[a-z0-9_]{8}\..+$')     # .vb_nb-tmp.<tempfile's 8 random chars>.<target's name>[.old]: this program's only
 
 def _lock(fd) -> bool:
     "Take the exclusive lock of an open file or folder if no one holds it (the kernel drops it when its holder dies)."
@@ -74,9 +82,8 @@ def _lock(fd) -> bool:
     except OSError: return False
 
 def _stale(p: Path) -> bool:
-    "Is `p` a temporary file or folder of an atomic write whose writer is gone (killed, or the machine went down)?"
-    m = _TEMP_NAME.match(p.name)
-    if not m or (m.group(2) or '') != Path(m.group(1)).suffix: return False
+    "Is `p` a temporary file or folder of this program's atomic writes whose writer is gone (killed, or the machine went down)?"
+    if not _TEMP_NAME.match(p.name): return False
     if fcntl is None: return time.time() - p.lstat().st_mtime > 86400
     try: fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError: return False
@@ -86,7 +93,7 @@ def _stale(p: Path) -> bool:
 _swept = set()
 
 def remove_stale_temps(folder, once: bool = False) -> list:
-    "Remove what killed atomic writes left in `folder`: hidden temporaries no live writer holds. Returns their paths."
+    "Remove what killed atomic writes of this program left in `folder`: its temporaries (named TEMP_PREFIX...) no live writer holds. Returns their paths."
     import shutil
     folder = Path(folder)
     if once and folder.resolve() in _swept: return []
@@ -95,21 +102,23 @@ def remove_stale_temps(folder, once: bool = False) -> list:
     gone = []
     for e in os.scandir(folder):
         p = Path(e.path)
-        if e.name.startswith('.') and (e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False)) and _stale(p):
+        if e.name.startswith(TEMP_PREFIX) and (e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False)) and _stale(p):
             shutil.rmtree(p, ignore_errors=True) if e.is_dir(follow_symlinks=False) else p.unlink(missing_ok=True)
             gone.append(p)
     return gone
 
+# %% ../nbs/00_core.ipynb #atompth1
 @contextlib.contextmanager
 def atomic_path(path):
-    "Yield a temporary path beside `path`; on success rename it over `path`, on error remove it."
+    "Yield a temporary path beside `path`; on success rename it over `path` (with the umask's permissions), on error remove it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, once=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=f'.{path.name}')
     _lock(fd); tmp = Path(tmp)                # held while we write: no sweep removes a live write
     tmp.chmod(0o666 & ~_umask())              # mkstemp makes 0600 files; give the usual permissions
     try:
         yield tmp
+        if tmp.exists(): _usual_modes(tmp)    # a writer that replaced the file (safetensors) made it 0600 again
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -122,14 +131,14 @@ def atomic_folder(path):
     import shutil
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, once=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.'))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=f'.{path.name}'))
     fd = os.open(tmp, os.O_RDONLY) if fcntl else None     # a folder can be opened (and locked) only where fcntl is
     if fd is not None: _lock(fd)
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
-        old = path.with_name(f'.{path.name}.old')
-        shutil.rmtree(old, ignore_errors=True)
+        _usual_modes(tmp)                                  # weights written by safetensors are 0600: give them the configs' permissions
+        old = tmp.with_name(tmp.name + '.old')             # a name of this program's own: nothing of the user's is ever removed
         if path.exists(): os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
@@ -175,6 +184,37 @@ def load_checkpoint(path, map_location='cpu'):
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{str(path)!r} is not a readable torch checkpoint (truncated or corrupt?): {e}. Delete it to start afresh") from None
 
+# %% ../nbs/00_core.ipynb #cfgfn001
+MAX_CONFIG_BYTES = 1_000_000
+
+def _numbers(v) -> list|None:
+    "The numbers of a config value: a number, or a list of them, or a dict of them (an image processor's size); None for anything else."
+    if isinstance(v, dict): v = list(v.values())
+    if isinstance(v, (int, float)) and not isinstance(v, bool): v = [v]
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    return list(v) if ok else None
+
+def check_config(cfg, bounds: dict, where: str, required=()) -> dict:
+    "`cfg` if it is a dict holding `required` keys and, for each key of `bounds` present, numbers in its (lo, hi) (or a list of at most `n` of them for (lo, hi, n)); else a ValueError naming `where` and the field."
+    if not isinstance(cfg, dict): raise ValueError(f"{where} is not a JSON object of settings but a {type(cfg).__name__}")
+    missing = [k for k in required if k not in cfg]
+    if missing: raise ValueError(f"{where} lacks {missing}: it is not a complete config of this part")
+    for k, (lo, hi, *n) in bounds.items():
+        if cfg.get(k) is None: continue
+        xs = _numbers(cfg[k])
+        if xs is None or not xs or (n and len(xs) > n[0]) or not all(math.isfinite(x) and lo <= x <= hi for x in xs):
+            raise ValueError(f"{where}: {k} is {str(cfg[k])[:80]}; it must be a number{' (or a list of up to ' + str(n[0]) + ')' if n else ''} in [{lo:g}, {hi:g}], "
+                             "as every real model's is: the file is damaged or crafted")
+    return cfg
+
+def read_config(path, bounds: dict|None = None, required=()) -> dict:
+    "The JSON object in `path`, checked with check_config; a ValueError naming the file if it is too large, not JSON or out of bounds."
+    path = Path(path)
+    if path.stat().st_size > MAX_CONFIG_BYTES: raise ValueError(f"{str(path)!r} is {path.stat().st_size:,} bytes: a config is a few KB; the file is damaged or crafted")
+    try: cfg = json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, RecursionError) as e: raise ValueError(f"{str(path)!r} is not a readable JSON config ({type(e).__name__}: {str(e)[:100]})") from None
+    return check_config(cfg, bounds or {}, repr(str(path)), required)
+
 # %% ../nbs/00_core.ipynb #82981a13
 def sample_frame_indices(num_frames: int, n: int, window: int|None = None, start: int|None = None, rng=None) -> np.ndarray:
     "`n` frame indices spread evenly over a `window` of `num_frames` (whole video if None), from `start` (random if `rng`)."
@@ -186,6 +226,8 @@ def sample_frame_indices(num_frames: int, n: int, window: int|None = None, start
     return start + np.floor(np.arange(n) * window / n).astype(int)
 
 # %% ../nbs/00_core.ipynb #15458ffc
+MAX_VIDEO_PIXELS = 4096 * 2160     # pixels of one frame: DCI 4K. A small file can claim 4096 x 4096 frames and fill memory once decoded
+
 class VideoReadError(Exception):
     "A video file could not be read: missing, not a video, or corrupt."
     def __init__(self, path, reason):
@@ -208,11 +250,17 @@ def _open_video(path):
     except (av.FFmpegError, UnicodeDecodeError) as e: raise VideoReadError(path, f"not a readable video ({e})") from e
     if not container.streams.video:
         container.close(); raise VideoReadError(path, "the file has no video stream")
+    cc = container.streams.video[0].codec_context
+    if cc.width * cc.height > MAX_VIDEO_PIXELS:         # from the header, before any frame is decoded
+        container.close(); raise VideoReadError(path, f"its frames are {cc.width} x {cc.height} pixels, more than {MAX_VIDEO_PIXELS:,} (4096 x 2160): downscale it")
     return container
 
 def _decode(path, container):
     "Decoded frames of the first video stream (PyAV frames: converted to RGB only when kept)."
-    try: yield from container.decode(video=0)
+    try:
+        for f in container.decode(video=0):
+            if f.width * f.height > MAX_VIDEO_PIXELS: raise VideoReadError(path, f"a frame is {f.width} x {f.height} pixels, more than {MAX_VIDEO_PIXELS:,} (4096 x 2160): downscale it")
+            yield f
     except av.FFmpegError as e: raise VideoReadError(path, f"corrupt video stream ({e})") from e
 
 def _rgb(frame) -> np.ndarray: return frame.to_ndarray(format='rgb24')
@@ -331,6 +379,7 @@ def frame_grid(videos, titles=None, n: int|None = 8, size: float = 1.2, suptitle
 
 # %% ../nbs/00_core.ipynb #8c30ac56
 MAX_IMAGE_PIXELS = 64_000_000        # 8000 x 8000: far more than a prompt needs, far less than fills memory
+IMAGE_FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP')    # what an image prompt may be; Pillow's other formats (EPS: Ghostscript) are never tried
 
 def open_image(src, max_pixels: int = MAX_IMAGE_PIXELS, name: str|None = None) -> Image.Image:
     "A decoded PIL image from a path, bytes or a file object; ValueError if unreadable or over `max_pixels` (checked before decoding)."
@@ -341,9 +390,10 @@ def open_image(src, max_pixels: int = MAX_IMAGE_PIXELS, name: str|None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
-            image = Image.open(src)
+            image = Image.open(src, formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e: raise ValueError(f"{name} is too large to open ({e}): {too_big}") from None
-    except (UnidentifiedImageError, OSError) as e: raise ValueError(f"{name} is not a readable image ({e})") from None
+    except UnidentifiedImageError: raise ValueError(f"{name} is not a PNG, JPEG, GIF, BMP or WebP image: convert it to PNG") from None
+    except OSError as e: raise ValueError(f"{name} is not a readable image ({e})") from None
     w, h = image.size
     if w * h > max_pixels: raise ValueError(f"{name} is {w} x {h} = {w*h:,} pixels: {too_big}")
     try: image.load()

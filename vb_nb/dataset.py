@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from PIL import Image
 
-from .core import atomic_path, read_video, video_info, VideoReadError, sample_frame_indices, default_device, load_checkpoint
+from .core import atomic_path, read_video, video_info, VideoReadError, sample_frame_indices, default_device, load_checkpoint, open_image, image_to_rgb
 from . import toyworld as tw
 
 # %% auto #0
@@ -23,7 +23,7 @@ __all__ = ['IRREGULAR_PLURALS', 'TOY_CLASSES', 'TOY_DETECTOR_CONFIG', 'MANIFEST_
            'load_toy_detector', 'toyworld_detection_data', 'train_toy_detector', 'box_iou_np', 'best_box',
            'evaluate_detector', 'crop_box', 'pad_to_square', 'make_image_prompt', 'path_part', 'find_video', 'clip_dir',
            'read_webvid_rows', 'read_truth', 'process_clip', 'read_records', 'write_manifest', 'read_manifest',
-           'shard_from_env', 'make_detector', 'build_dataset', 'shrink_prompt', 'resize_short_side',
+           'shard_from_env', 'make_detector', 'build_dataset', 'shrink_prompt', 'resize_short_side', 'ClipFileError',
            'VideoPromptDataset', 'main']
 
 # %% ../nbs/03_dataset.ipynb #679fed4b
@@ -382,7 +382,7 @@ def read_webvid_rows(path, required=('videoid', 'page_dir', 'name')) -> list:
     "Rows (dicts) of a WebVid-format CSV, read strictly; errors name the file and line."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no CSV at {str(path)!r}")
-    rows = []
+    rows, seen = [], {}
     with open(path, 'rb') as f:
         reader, end = csv.reader(_text_lines(f, path), strict=True), 0
         try:
@@ -397,9 +397,11 @@ def read_webvid_rows(path, required=('videoid', 'page_dir', 'name')) -> list:
                 if not rec: continue
                 if len(rec) != len(header): raise ValueError(f"{path}, line {start}: {len(rec)} fields for {len(header)} columns")
                 row = dict(zip(header, rec))
-                try: clip_dir('.', row)                      # ids that are plain names, or ValueError
+                try: where = clip_dir('.', row)              # ids that are plain names, or ValueError
                 except ValueError as e: raise ValueError(f"{path}, line {start}: {e}; fix or remove the row") from None
-                rows.append(row)
+                if where in seen: raise ValueError(f"{path}, line {start}: video {row['videoid']!r} (page_dir {row.get('page_dir', '')!r}) is already on line {seen[where]}; "
+                                                   "each clip is listed once (one folder of results each): remove one of the rows")
+                seen[where] = start; rows.append(row)
         except csv.Error as e:
             if 'end of data' in str(e): raise ValueError(f"{path}, line {end + 1}: a quoted field runs on to the end of the file, taking "
                                                          "the rows after it with it (an unterminated quote?): close the quote") from None
@@ -487,17 +489,23 @@ def write_manifest(out, rows: list) -> tuple:
     return out / 'manifest.csv', len(recs), len(rows) - len(recs)
 
 def read_manifest(path, status: str | None = 'ok') -> list:
-    "Rows of a manifest (lists and numbers parsed), only those with `status` unless it is None."
+    "Rows of a manifest (lists and numbers parsed), only those with `status` unless it is None; a ValueError naming the file, the line and what is wrong."
     path = Path(path)
     if path.is_dir(): path = path / 'manifest.csv'
     if not path.exists(): raise FileNotFoundError(f"no manifest at {str(path)!r}: build one with build_dataset or `vb_nb_dataset`")
+    if not path.is_file(): raise ValueError(f"{path} is not a file: a manifest is the CSV that build_dataset writes")
     rows = []
-    with open(path, newline='', encoding='utf-8') as f:
-        for r in csv.DictReader(f):
+    with open(path, 'rb') as f:
+        reader = csv.DictReader(_text_lines(f, path))
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing: raise ValueError(f"{path} lacks the column(s) {missing} of a manifest: rebuild it with build_dataset or `vb_nb_dataset`")
+        for r in reader:
             if status is not None and r['status'] != status: continue
-            for k in ('box', 'prompt_crop'): r[k] = json.loads(r[k]) if r[k] else None
-            r['frame_index'] = int(r['frame_index']) if r['frame_index'] else None
-            r['score'] = float(r['score']) if r['score'] else None
+            try:
+                for k in ('box', 'prompt_crop'): r[k] = json.loads(r[k]) if r[k] else None
+                r['frame_index'] = int(r['frame_index']) if r['frame_index'] else None
+                r['score'] = float(r['score']) if r['score'] else None
+            except (ValueError, TypeError) as e: raise ValueError(f"{path}, line {reader.line_num}: not a manifest row ({e}): rebuild the manifest") from None
             rows.append(r)
     return rows
 
@@ -521,6 +529,8 @@ def build_dataset(csv_path, videos, out, detector: Detector | str = 'toy', vocab
     from tqdm.auto import tqdm
     out, videos = Path(out), Path(videos)
     if not videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(videos)!r} (expected <videos>/<page_dir>/<videoid>.mp4)")
+    for p, what in ((out, 'a folder'), (out / 'manifest.csv', 'a file'), (out / 'build.json', 'a file')):   # said now, not after every clip is processed
+        if p.exists() and p.is_dir() != (what == 'a folder'): raise ValueError(f"{p} must be {what}: give another --out")
     rows = read_webvid_rows(csv_path)[:limit]
     env_shard, env_n = shard_from_env()
     shard, num_shards = (env_shard if shard is None else shard), (env_n if num_shards is None else num_shards)
@@ -578,6 +588,21 @@ def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
     top, left = (nh - size) // 2, (nw - size) // 2
     return y[..., top:top + size, left:left + size].reshape(*lead, x.shape[-3], size, size)
 
+# %% ../nbs/03_dataset.ipynb #clipfe01
+class ClipFileError(OSError):
+    "A clip's image prompt cannot be read, or its file leads outside its folder: training skips the clip (an OSError, like an unreadable file)."
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    "root/rel, if it stays inside `root` once symlinks are followed (a symlink in clips/ must not reach other files); ClipFileError otherwise."
+    p = root / rel
+    if not p.resolve().is_relative_to(root.resolve()): raise ClipFileError(f"the {what} {rel!r} leads outside {str(root)!r} (through a symbolic link)")
+    return p
+
+def _read_prompt(path: Path) -> np.ndarray:
+    "A clip's image prompt as uint8 RGB; ClipFileError for a file that is not an image, or one too large (a decompression bomb), so the clip is skipped."
+    try: return image_to_rgb(open_image(path, name=f"image prompt {str(path)!r}"))
+    except (ValueError, FileNotFoundError) as e: raise ClipFileError(str(e)) from None
+
 # %% ../nbs/03_dataset.ipynb #1eb20287
 class VideoPromptDataset(torch.utils.data.Dataset):
     "Training examples from a built dataset: frames in [-1, 1], caption, subject word, image prompt for CLIP and for the VAE."
@@ -607,7 +632,7 @@ class VideoPromptDataset(torch.utils.data.Dataset):
     def prompt(self, i: int, augment: bool | None = None) -> torch.Tensor:
         "The (augmented) image prompt of item `i` as uint8 (3, S, S)."
         r, augment = self.rows[i], self.augment if augment is None else augment
-        p = np.asarray(Image.open(self.root / r['image_prompt']).convert('RGB'))
+        p = _read_prompt(_inside(self.root, r['image_prompt'], 'image prompt'))   # a bad file: ClipFileError, and the clip is skipped
         if augment and self.shrink_p and torch.rand(1).item() < self.shrink_p:
             lo, hi = self.shrink_range
             p, _ = shrink_prompt(p, r['prompt_crop'], int(torch.randint(4, (1,))), lo + (hi - lo) * torch.rand(1).item())
@@ -619,7 +644,7 @@ class VideoPromptDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.rows[i]
-        path = self.videos / r['video']
+        path = _inside(self.videos, r['video'], 'video')
         n = video_info(path).num_frames
         window = min(self.window or n, n)
         start = int(torch.randint(n - window + 1, (1,))) if self.augment else (n - window) // 2

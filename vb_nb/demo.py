@@ -9,7 +9,7 @@ import numpy as np
 import ipywidgets as W
 from PIL import Image, UnidentifiedImageError
 
-from .core import MAX_IMAGE_PIXELS, Video, gif_bytes
+from .core import MAX_IMAGE_PIXELS, IMAGE_FORMATS, Video, gif_bytes
 from .sample import generate, example_images, load_image_prompt, find_subject_word, PromptTruncatedWarning
 from .prompts import PromptFallbackWarning
 
@@ -30,7 +30,7 @@ def _message(e: Exception) -> str:
 def read_upload(name: str, content: bytes) -> Image.Image:
     "An uploaded file as a PIL image; a ValueError naming the file and what is wrong with it."
     try:
-        im = Image.open(io.BytesIO(content))
+        im = Image.open(io.BytesIO(content), formats=IMAGE_FORMATS)   # never EPS and the like, which run Ghostscript
         big = im.width * im.height > MAX_IMAGE_PIXELS    # read from the header, before decoding
         if not big: im.load(); return im
     except UnidentifiedImageError: raise ValueError(f"{name} is not an image this app can read: upload a PNG, JPEG, GIF, BMP or WebP file") from None

@@ -13,11 +13,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, UNet2DConditi
 
 # %% auto #0
 __all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'ADAPTER_WEIGHTS',
-           'TRAINED_STAGES', 'STAGES', 'build_unet', 'build_vae', 'sd_noise_scheduler', 'zero_snr_noise_scheduler',
-           'saved_noise_scheduler', 'load_unet', 'MotionTextContext', 'MotionTextAttnProcessor', 'motion_attentions',
-           'motion_text_processors', 'add_text_to_motion_modules', 'save_motion_text', 'save_unet', 'load_motion_text',
-           'protect_processors', 'stock_processors', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth',
-           'write_tiny_pretrained']
+           'TRAINED_STAGES', 'STAGES', 'PART_BOUNDS', 'MAPPER_BOUNDS', 'build_unet', 'build_vae', 'sd_noise_scheduler',
+           'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'load_unet', 'MotionTextContext',
+           'MotionTextAttnProcessor', 'motion_attentions', 'motion_text_processors', 'add_text_to_motion_modules',
+           'save_motion_text', 'save_unet', 'load_motion_text', 'protect_processors', 'stock_processors',
+           'VideoBoothAdapter', 'images_to_unit', 'VideoBooth', 'write_tiny_pretrained', 'check_part',
+           'check_model_folder']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -605,3 +606,46 @@ def write_tiny_pretrained(folder, seed: int = 0) -> dict[str, Path]:
         motion.save_pretrained(paths['motion_adapter'])
         CLIPVisionModelWithProjection(clip.vision_config).save_pretrained(paths['image_encoder'])
     return paths
+
+# %% ../nbs/07_model.ipynb #cfgfn002
+from .core import read_config, check_config
+
+_SIZES = dict(in_channels=(1, 64), out_channels=(1, 64), sample_size=(1, 4096, 2), norm_num_groups=(1, 512), layers_per_block=(1, 16, 8))
+PART_BOUNDS = {   # (config file, its bounds, required keys) of each part a model folder may hold
+    'unet': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), cross_attention_dim=(1, 8192, 8), num_attention_heads=(1, 256, 8),
+             attention_head_dim=(1, 1024, 8), motion_num_attention_heads=(1, 256, 8), motion_max_seq_length=(1, 1024), transformer_layers_per_block=(1, 64, 8),
+             motion_layers_per_block=(1, 16, 8), temporal_transformer_layers_per_block=(1, 64, 8)), ('block_out_channels',)),
+    'vae': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), latent_channels=(1, 64), scaling_factor=(1e-6, 1e6)), ('block_out_channels',)),
+    'scheduler': ('scheduler_config.json', dict(num_train_timesteps=(1, 100_000), beta_start=(0, 1), beta_end=(0, 1), steps_offset=(0, 1000)), ()),
+    'feature_extractor': ('preprocessor_config.json', dict(size=(1, 2048), crop_size=(1, 2048), shortest_edge=(1, 2048), rescale_factor=(0, 1),
+                          image_mean=(-10, 10, 4), image_std=(1e-6, 10, 4)), ()),
+    'adapter': ('config.json', dict(posenc_base=(1, 1e9)), ('mapper_config', 'text_kv_layers', 'attn1_layers')),
+    'motion_adapter': ('config.json', dict(block_out_channels=(1, 4096, 8), motion_layers_per_block=(1, 16, 8), motion_num_attention_heads=(1, 256, 8),
+                       motion_max_seq_length=(1, 1024)), ('block_out_channels',)),
+}
+MAPPER_BOUNDS = dict(hidden_dim=(1, 16384), image_dim=(1, 8192), text_dim=(1, 8192), layers=(0, 64, 64), tokens_per_layer=(1, 77))
+
+# %% ../nbs/07_model.ipynb #cfgfn003
+def check_part(folder, part: str) -> None:
+    "Check the config of one part's folder (a key of PART_BOUNDS) if it has one: a ValueError naming the file and the field when out of bounds."
+    name, bounds, required = PART_BOUNDS[part]
+    f = Path(folder)/name
+    if not f.is_file(): return
+    cfg = read_config(f, bounds, required)
+    if part == 'vae' and not 2 <= len(_as_list(cfg['block_out_channels'])) <= 8:
+        raise ValueError(f"{str(f)!r}: a VAE has 2 to 8 blocks (Stable Diffusion's 4), this one {len(_as_list(cfg['block_out_channels']))}: the file is damaged or crafted")
+    if part == 'adapter': check_config(cfg['mapper_config'], MAPPER_BOUNDS, f"{str(f)!r} mapper_config", ('image_dim', 'text_dim', 'layers'))
+
+def _as_list(v): return v if isinstance(v, (list, tuple)) else [v]
+
+def check_model_folder(path) -> None:
+    "Check the configs of a local model folder before anything is built from it: model_index.json (a flat object) and each part's config, in the folder itself or its part subfolders (unet/, vae/, scheduler/, feature_extractor/, adapter/ ...)."
+    root = Path(os.path.expanduser(str(path)))
+    if not root.is_dir(): return                                   # a hub id: checked by the library that downloads it
+    if (root/'model_index.json').is_file():
+        index = read_config(root/'model_index.json')
+        pair = lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, (str, type(None))) for x in v)    # a part: [library, class]
+        bad = [k for k, v in index.items() if isinstance(v, (list, dict)) and not pair(v)]                                  # flags (requires_safety_checker: true) are fine
+        if bad: raise ValueError(f"{str(root/'model_index.json')!r}: {bad[0]!r} is {str(index[bad[0]])[:80]}, not a [library, class] pair: the file is damaged or crafted")
+    for part in PART_BOUNDS:
+        for sub in ([part, 'videobooth_adapter'] if part == 'adapter' else [part]): check_part(root/sub, part)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_prompts.ipynb #746966fa
 from __future__ import annotations
-import contextlib, functools, ipaddress, json, math, re, threading, time, warnings
+import contextlib, functools, ipaddress, json, math, re, sys, threading, time, warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -342,13 +342,28 @@ class ChatServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
+# %% ../nbs/11_prompts.ipynb #deadln01
+@contextlib.contextmanager
+def _deadline(seconds: float, what: str):
+    "Stop the Python code the block calls in this thread once `seconds` have passed: a TimeoutError from its next line (a chat template's loops, say)."
+    end, old = time.monotonic() + seconds, sys.gettrace()
+    def trace(frame, event, arg):
+        if time.monotonic() > end:
+            sys.settrace(old)                  # what handles the error is not traced; frames still running the block's code stop at their next line
+            raise TimeoutError(f"{what} took more than {seconds:g} s")
+        return trace
+    sys.settrace(trace)
+    try: yield
+    finally: sys.settrace(old)
+
 # %% ../nbs/11_prompts.ipynb #a019efa0
 class TransformersBackend:
     "A local causal LM loaded from a folder with transformers' AutoModelForCausalLM and AutoTokenizer."
     def __init__(self, path, device=None, dtype=None, max_new_tokens: int = 160, do_sample: bool = False,
-                 temperature: float = 0.7, top_p: float = 0.95, seed: int = 0):
+                 temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, timeout: float = 60.0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         path = Path(path)
+        if not (0 < timeout < math.inf): raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
         if not (path/'config.json').is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a saved transformers model (no config.json): give the folder "
                                     "written by model.save_pretrained() and tokenizer.save_pretrained()")
@@ -358,7 +373,7 @@ class TransformersBackend:
         if device is not None: self.model.to(device)
         self.gen = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                         **(dict(temperature=temperature, top_p=top_p) if do_sample else {}))
-        self.seed = seed
+        self.seed, self.timeout = seed, float(timeout)
 
     @property
     def name(self): return f"transformers:{self.path.name}"
@@ -375,8 +390,11 @@ class TransformersBackend:
         return {k: v.to(self.model.device) for k, v in enc.items() if k in ('input_ids', 'attention_mask')}
 
     def complete(self, messages: list[dict]) -> str:
-        "Generate the assistant's answer."
-        inputs = self.encode(messages)
+        "Generate the assistant's answer, chat template and all within `timeout` seconds (else LLMError)."
+        start = time.monotonic()
+        try:
+            with _deadline(self.timeout, "rendering the model's chat template"): inputs = self.encode(messages)
+        except TimeoutError as e: raise LLMError(f"{self.name}: {e} (a template that loops?): no answer within {self.timeout:g} s") from None
         n_in, cfg = inputs['input_ids'].shape[1], self.model.config
         limit = getattr(cfg, 'max_position_embeddings', None) or getattr(cfg, 'n_positions', None)
         if limit and n_in + self.gen['max_new_tokens'] > limit:
@@ -386,7 +404,8 @@ class TransformersBackend:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.seed)
-            out = self.model.generate(**inputs, **self.gen, pad_token_id=pad)
+            out = self.model.generate(**inputs, **self.gen, pad_token_id=pad, max_time=max(0.0, self.timeout - (time.monotonic() - start)))
+        if time.monotonic() - start >= self.timeout: raise LLMError(f"{self.name}: no answer within {self.timeout:g} s")
         return tok.decode(out[0, n_in:], skip_special_tokens=True).strip()
 
 # %% ../nbs/11_prompts.ipynb #0ce8a672

@@ -20,8 +20,9 @@ __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 
            'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt',
            'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
            'VideoBoothPipelineOutput', 'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout',
-           'as_dtype', 'is_pipeline_folder', 'load_model', 'check_limits', 'check_device', 'check_options', 'generate',
-           'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
+           'as_dtype', 'is_pipeline_folder', 'load_model', 'check_model_inputs', 'checked_pipeline', 'check_limits',
+           'check_device', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images',
+           'check_out_path', 'main', 'assemble', 'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -213,13 +214,14 @@ class VideoBoothPipeline(DiffusionPipeline):
         if not (folder/'model_index.json').is_file():
             raise FileNotFoundError(f"{str(folder)!r} is no pipeline folder (no model_index.json): assemble one with vb_nb_assemble, "
                                     "or load the parts with load_model(path, motion_adapter=, image_encoder=)")
+        check_model_inputs(folder)              # every part's config within a real model's bounds, before anything is built
         if 'unet' not in kwargs:                # the UNet with the motion-text path its base was trained with, if any
             dtype = kwargs.get('torch_dtype', kwargs.get('dtype'))
             dtype = dtype.get('unet', dtype.get('default')) if isinstance(dtype, dict) else dtype
             with _quiet_diffusers(): unet = UNetMotionModel.from_pretrained(folder/'unet', torch_dtype=dtype)
             load_motion_text(unet, folder/'unet')
             kwargs['unet'] = unet
-        with _quiet_diffusers(): return super().from_pretrained(folder, **kwargs)
+        with _quiet_diffusers(): return checked_pipeline(super().from_pretrained(folder, **kwargs))
 
     def save_pretrained(self, save_directory, **kwargs) -> Path:
         "Write every component to its folder (the UNet as a stock UNetMotionModel with its motion-text path beside it); `save_directory` is replaced only once complete."
@@ -337,6 +339,7 @@ def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None,
     "A pipeline: the embedded toy model (path=None), a folder laid out like it (vae/ unet/ adapter/), a pipeline folder (save_pretrained, vb_nb_assemble), or a Stable-Diffusion-style folder / hub id with an AnimateDiff motion_adapter, a CLIP image_encoder and an adapter folder."
     from vb_nb.model import VideoBooth, _quiet_diffusers
     dtype = as_dtype(dtype)
+    check_model_inputs(path, motion_adapter, adapter)             # configs within a real model's bounds, before anything is built
     whole = path is not None and (is_pipeline_folder(path) or is_toy_layout(path))
     if (path is None or whole) and (motion_adapter is not None or image_encoder is not None):
         raise ValueError(f"{'the embedded toy model' if path is None else repr(str(path))} already holds its motion modules and image encoder: "
@@ -357,12 +360,33 @@ def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None,
             adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
             model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)
         pipe = VideoBoothPipeline.from_model(model, scheduler)
-    pipe.model.eval()
+    checked_pipeline(pipe).model.eval()
     with _quiet_diffusers(): return pipe.to(device or default_device())   # diffusers warns that fp16 cannot run on a CPU: it can, slowly
 
 @functools.lru_cache(maxsize=2)
 def _default_pipeline(device: str, dtype: torch.dtype = torch.float32):
     return load_model(device=device, dtype=dtype)
+
+# %% ../nbs/09_sample.ipynb #ldchk001
+def check_model_inputs(path=None, motion_adapter=None, adapter=None) -> None:
+    "Check the configs of the local folders `load_model` is given, before anything is built from them (hub ids are left to the library that downloads them)."
+    from vb_nb.model import check_model_folder, check_part
+    if path is not None: check_model_folder(path)
+    if motion_adapter is not None and Path(str(motion_adapter)).is_dir(): check_part(motion_adapter, 'motion_adapter')
+    if adapter is not None and Path(str(adapter)).is_dir(): check_part(adapter, 'adapter')
+
+def checked_pipeline(pipe: VideoBoothPipeline) -> VideoBoothPipeline:
+    "`pipe` with its tokenizer capped at CLIP's 77 positions and its weights checked finite (a ValueError naming the part otherwise)."
+    from vb_nb.clip import CLIP_MAX_LENGTH
+    tok = pipe.tokenizer
+    tok.model_max_length = int(min(tok.model_max_length or CLIP_MAX_LENGTH, CLIP_MAX_LENGTH))
+    if getattr(pipe, '_weights_checked', False): return pipe
+    for part in ('unet', 'vae', 'text_encoder', 'image_encoder', 'adapter'):
+        for n, w in getattr(getattr(pipe, part, None), 'named_parameters', lambda: [])():
+            if w.is_floating_point() and not torch.isfinite(w).all():
+                raise ValueError(f"the model's {part} has NaN or infinite weights ({n}): its folder is damaged; save or download it again")
+    pipe._weights_checked = True
+    return pipe
 
 # %% ../nbs/09_sample.ipynb #limcd001
 MAX_LATENT_SIDE = 128       # latent positions per side: 1024 px for Stable Diffusion's VAE (8 px each), 512 px for the toy VAE (4 px)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import contextlib, copy, json, math, os, random, re, shutil, time, types, warnings
+import contextlib, copy, json, math, os, random, re, shutil, threading, time, types, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -16,17 +16,18 @@ from accelerate.utils import broadcast, reduce, extract_model_from_parallel
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 
-from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file, VideoReadError
+from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file, VideoReadError, _lock, _usual_modes
 
 # %% auto #0
-__all__ = ['STAGES', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig', 'step_seed', 'lr_factor',
-           'trainable_state', 'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints', 'load_checkpoint',
-           'NonFiniteLoss', 'make_accelerator', 'autocast_dtype', 'average_gradients', 'fit', 'toy_training_data',
-           'random_batch', 'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs',
-           'diffusion_target', 'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions',
-           'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in',
-           'enable_checkpointing', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary',
-           'hardware', 'ship_toy_model', 'main']
+__all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig',
+           'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints',
+           'load_checkpoint', 'NonFiniteLoss', 'make_accelerator', 'autocast_dtype', 'average_gradients',
+           'RunFolderError', 'run_record', 'check_run_folder', 'run_folder', 'fit', 'toy_training_data', 'random_batch',
+           'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target',
+           'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss',
+           'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing',
+           'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware',
+           'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
 STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
@@ -64,6 +65,7 @@ class TrainConfig:
     num_workers: int = 0              # DataLoader processes that decode the next batches while the model trains (0: the training process decodes)
 
     def __post_init__(self):
+        _check_types(self)                # a config.json's "lr": "fast" or NaN: an error naming the field
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         for f in ('max_steps', 'batch_size', 'grad_accum', 'checkpoint_every', 'keep_checkpoints'):
             if getattr(self, f) < 1: raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
@@ -84,10 +86,28 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path):
         "Load a config saved by `save`; unknown keys are an error."
-        d = json.loads(Path(path).read_text())
+        try: d = json.loads(Path(path).read_text())
+        except FileNotFoundError: raise FileNotFoundError(f"no config file {str(path)!r}") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(d, dict): raise ValueError(f"{path}: a config is a JSON object of settings, not a {type(d).__name__}")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown: raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**d)
+        try: return cls(**d)
+        except ValueError as e: raise ValueError(f"{path}: {e}") from None
+
+# %% ../nbs/08_train.ipynb #cfgtyp01
+_KINDS = {bool: 'yes or no (true or false)', int: 'a whole number', float: 'a finite number', str: 'a string'}
+
+def _check_types(cfg: TrainConfig):
+    "Every setting of its default's type (ints whole, floats finite), and the numbers with a sign in range: a ValueError naming the field."
+    for f in fields(cfg):
+        v, want = getattr(cfg, f.name), type(f.default)
+        ok = isinstance(v, bool) if want is bool else (isinstance(v, int) and not isinstance(v, bool)) if want is int else \
+             (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) if want is float else isinstance(v, want)
+        if not ok: raise ValueError(f"{f.name} must be {_KINDS[want]}, got {v!r}")
+    for f in ('weight_decay', 'mapper_reg', 'warmup_steps', 'seed'):
+        if getattr(cfg, f) < 0: raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
+    if not cfg.max_grad_norm > 0: raise ValueError(f"max_grad_norm must be a positive number, got {cfg.max_grad_norm}")
 
 # %% ../nbs/08_train.ipynb #e47bcacf
 def step_seed(seed: int, micro_step: int, process: int = 0, stream: int = 0) -> int:
@@ -110,17 +130,22 @@ def trainable_state(model: torch.nn.Module) -> dict:
 def checkpoints(out_dir) -> list[Path]:
     "The complete checkpoints in `out_dir`, oldest first."
     d = Path(out_dir)/'checkpoints'
-    return sorted(p for p in d.glob('step_*') if p.is_dir() and (p/'state.json').exists()) if d.exists() else []
+    return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d{7}', p.name) and p.is_dir() and (p/'state.json').exists()) if d.is_dir() else []
 
 def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0) -> Path:
-    "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones."
+    "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones; NonFiniteLoss, and nothing written, if a weight is NaN or infinite."
+    weights = trainable_state(model)
+    bad = [n for n, w in weights.items() if not torch.isfinite(w).all()]
+    if bad: raise NonFiniteLoss(f"the weights are NaN or infinite at step {step} ({bad[0]} and {len(bad) - 1} more): no checkpoint is written, "
+                                f"the last good one is kept in {Path(out_dir)/'checkpoints'}")
     root = Path(out_dir)/'checkpoints'; root.mkdir(parents=True, exist_ok=True)
     final, tmp = root/f'step_{step:07d}', root/f'.tmp_step_{step:07d}'
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
-    save_file(trainable_state(model), str(tmp/'trainable.safetensors'))
+    save_file(weights, str(tmp/'trainable.safetensors'))
     torch.save({'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict()}, tmp/'optimizer.pt')
     (tmp/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
     (tmp/'state.json').write_text(json.dumps({'step': step, 'losses': losses, 'seconds': round(seconds, 1)}))   # written last: marks it complete
+    _usual_modes(tmp)                                   # safetensors writes 0600: the umask's permissions, as the configs have
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
@@ -129,25 +154,55 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: lis
 def clean_partial_checkpoints(out_dir) -> list[Path]:
     "Remove the .tmp_step_N folders a run killed while writing a checkpoint left in out_dir/checkpoints; return them."
     d = Path(out_dir)/'checkpoints'
-    gone = sorted(p for p in d.glob('.tmp_step_*') if p.is_dir()) if d.is_dir() else []
+    gone = sorted(p for p in d.glob('.tmp_step_*') if re.fullmatch(r'\.tmp_step_\d{7}', p.name) and p.is_dir()) if d.is_dir() else []
     for p in gone: shutil.rmtree(p, ignore_errors=True)
     return gone
 
-def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, list]:
-    "Restore trainable weights (and optimizer, scheduler) from a checkpoint; return (step, losses)."
-    path = Path(path)
-    if not (path/'state.json').exists(): raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.json)")
-    weights = load_file(str(path/'trainable.safetensors'))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing: raise KeyError(f"checkpoint {path} has weights the model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for n, w in weights.items(): params[n].copy_(w)
-    if optimizer is not None or scheduler is not None:
-        st = load_torch_file(path/'optimizer.pt', map_location='cpu')   # tensors and plain data only; the optimizer moves its state to its parameters' device
+# %% ../nbs/08_train.ipynb #ckchk001
+def _read_state(path: Path) -> dict:
+    "A checkpoint's state.json, checked: a step >= 0, one finite loss per step, seconds >= 0."
+    try: st = json.loads((path/'state.json').read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path/'state.json'} is not the JSON a run writes ({e}): delete {path} to resume from the checkpoint before") from None
+    ok = isinstance(st, dict) and type(st.get('step')) is int and st['step'] >= 0 and isinstance(st.get('losses'), list) \
+         and len(st['losses']) == st['step'] and all(type(l) in (int, float) and math.isfinite(l) for l in st['losses']) \
+         and type(st.get('seconds', 0.0)) in (int, float) and st.get('seconds', 0.0) >= 0
+    if not ok: raise ValueError(f"{path/'state.json'} is not what a run writes (a step, one finite loss per step, seconds): delete {path} to resume from the checkpoint before")
+    return st
+
+def _check_weights(path: Path, weights: dict, model) -> None:
+    "The checkpoint's weights are exactly the model's trainable ones, with their shapes, and finite."
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    extra, missing = sorted(set(weights) - set(own)), sorted(set(own) - set(weights))
+    where = f"checkpoint {path}"
+    if extra: raise ValueError(f"{where} holds weights this stage does not train ({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}): it is another stage's or a crafted one; delete it, or give --no-resume")
+    if missing: raise ValueError(f"{where} lacks {len(missing)} of the {len(own)} trainable weights ({missing[0]} ...): it is incomplete; delete it to resume from the one before, or give --no-resume")
+    for n, w in weights.items():
+        if tuple(w.shape) != tuple(own[n].shape): raise ValueError(f"{where}: {n} is {tuple(w.shape)}, the model's is {tuple(own[n].shape)}: it is another model's; give --no-resume or another --out")
+        if not torch.isfinite(w).all(): raise ValueError(f"{where}: {n} holds NaN or infinite values: delete it to resume from the one before")
+
+def _load_optimizer(path: Path, optimizer, scheduler) -> None:
+    st = load_torch_file(path/'optimizer.pt', map_location='cpu')   # tensors and plain data only; the optimizer moves its state to its parameters' device
+    if not (isinstance(st, dict) and isinstance(st.get('optimizer'), dict) and isinstance(st.get('scheduler'), dict)):
+        raise ValueError(f"{path/'optimizer.pt'} does not hold the optimizer and scheduler states a run writes: delete {path} to resume from the checkpoint before")
+    try:
         if optimizer is not None: optimizer.load_state_dict(st['optimizer'])
         if scheduler is not None: scheduler.load_state_dict(st['scheduler'])
-    state = json.loads((path/'state.json').read_text())
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise ValueError(f"{path/'optimizer.pt'} does not fit this run's optimizer ({type(e).__name__}: {e}): delete {path} to resume from the checkpoint before") from None
+
+# %% ../nbs/08_train.ipynb #ldckpt01
+def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, list]:
+    "Restore trainable weights (and optimizer, scheduler) from a checkpoint; return (step, losses). A ValueError naming the file if any part is not what a run writes."
+    path = Path(path)
+    if not (path/'state.json').exists(): raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.json)")
+    state = _read_state(path)
+    try: weights = load_file(str(path/'trainable.safetensors'))
+    except Exception as e: raise ValueError(f"{path/'trainable.safetensors'} is not a readable safetensors file ({e}): delete {path} to resume from the checkpoint before") from None
+    _check_weights(path, weights, model)
+    if optimizer is not None or scheduler is not None: _load_optimizer(path, optimizer, scheduler)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in weights.items(): params[n].copy_(w)
     return state['step'], state['losses']
 
 # %% ../nbs/08_train.ipynb #2ca63df7
@@ -178,9 +233,9 @@ def _check_same_weights(params: list, acc: Accelerator, step: int):
     sums = acc.gather(torch.stack([p.detach().double().sum() for p in params])[None])
     if not (sums == sums[0]).all(): raise RuntimeError(f"the processes' weights differ at step {step}: their gradients were not averaged alike")
 
-def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
-        accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
-    "Train the trainable parameters of `model` for cfg.max_steps optimizer steps; return the loss per step."
+def _fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
+         accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
+    "fit's loop, in a run folder already held."
     acc = accelerator or make_accelerator(cfg)
     model.to(acc.device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -222,6 +277,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
                     if many: average_gradients(params, acc)
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+                if acc.sync_gradients: _check_finite(params, step, cfg, many)   # after each update: a NaN weight is never trained on, nor saved
             total += loss.detach().float() / cfg.grad_accum
         step += 1
         losses.append(acc.gather(total.reshape(1)).mean().item())
@@ -235,6 +291,111 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
             acc.wait_for_everyone()
     bar.close()
     return losses
+
+# %% ../nbs/08_train.ipynb #runfn001
+RUN_FILE = 'training_run.json'
+RESUMABLE = ('out_dir', 'max_steps', 'checkpoint_every', 'keep_checkpoints', 'sample_steps', 'num_workers', 'gradient_checkpointing')   # a resumed run may change these
+
+class RunFolderError(ValueError):
+    "The out_dir cannot take this run: it holds something else, a run of other settings, or a run in progress."
+
+def run_record(cfg: TrainConfig, inputs=None) -> dict:
+    "What makes two runs one run: the settings that shape its result (all but RESUMABLE) and, from train_stage, the parts it starts from."
+    rec = dict(kind='vb_nb training run', config={k: v for k, v in asdict(cfg).items() if k not in RESUMABLE})
+    if inputs is not None: rec['inputs'] = {k: str(Path(v).resolve()) if isinstance(v, str) and v and Path(v).exists() else v for k, v in asdict(inputs).items()}
+    return rec
+
+def _differences(saved: dict, now: dict) -> list:
+    out = []
+    for part in ('config', 'inputs'):
+        a, b = saved.get(part), now.get(part)
+        if a is not None and b is not None: out += [f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out
+
+def _saved_record(out: Path) -> dict|None:
+    "The run's record in `out`; for a run folder written before runs recorded themselves, its last checkpoint's config; else None."
+    f = out/RUN_FILE
+    if f.is_file():
+        try: rec = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError): rec = None
+        if isinstance(rec, dict) and rec.get('kind') == 'vb_nb training run' and isinstance(rec.get('config'), dict) and isinstance(rec.get('inputs', {}), dict): return rec
+        raise RunFolderError(f"{f} is not the record a training run writes: give --out a new or empty folder")
+    ck = checkpoints(out)
+    try: old = json.loads((ck[-1]/'config.json').read_text()) if ck else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError): old = None
+    return dict(kind='vb_nb training run', config={k: v for k, v in old.items() if k not in RESUMABLE}) if isinstance(old, dict) else None
+
+# %% ../nbs/08_train.ipynb #runfn002
+def check_run_folder(out_dir, cfg: TrainConfig, resume: bool = True, inputs=None) -> str:
+    "What `out_dir` is to this run, before anything is written: 'new' (missing or empty), 'resume' (a run of these settings), 'restart' (a run to start afresh: resume=False, or other settings and no checkpoint yet). RunFolderError otherwise."
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir(): raise RunFolderError(f"--out {str(out)!r} is a file, not a folder: give a folder for the run")
+    if not out.exists() or not any(out.iterdir()): return 'new'
+    rec = _saved_record(out)
+    if rec is None: raise RunFolderError(f"--out {str(out)!r} is not empty and is not a training run's folder (it has no {RUN_FILE}): give a new or empty folder; nothing in it was changed")
+    if not resume: return 'restart'
+    diff = _differences(rec, run_record(cfg, inputs))
+    if diff and checkpoints(out):
+        raise RunFolderError(f"--out {str(out)!r} holds a run of other settings ({'; '.join(diff[:6])}): run it with its own settings to resume it, "
+                             "give --no-resume to start it afresh (its checkpoints are removed), or give another --out")
+    return 'restart' if diff else 'resume'
+
+def _start_afresh(out: Path) -> list:
+    "Remove what an earlier run in `out` wrote that a new run would resume from or mix with: its checkpoints, sample GIFs and skipped-clip record."
+    ck, sm = out/'checkpoints', out/'samples'
+    gone = [p for p in (ck.iterdir() if ck.is_dir() else []) if re.fullmatch(r'(\.tmp_)?step_\d{7}', p.name) and p.is_dir() and not p.is_symlink()]
+    gone += [p for p in (sm.iterdir() if sm.is_dir() else []) if re.fullmatch(r'step_\d{7}\.gif', p.name) and p.is_file()]
+    gone += [p for p in [out/'skipped.json'] if p.is_file()]
+    for p in gone: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return gone
+
+# %% ../nbs/08_train.ipynb #runfn003
+_held = {}     # the run folders this process holds: real path -> [fd, depth, thread]
+
+@contextlib.contextmanager
+def run_folder(out_dir, cfg: TrainConfig, resume: bool = True, inputs=None, acc: Accelerator|None = None):
+    "Hold `out_dir` while a run trains: checked (check_run_folder), locked against a second run, its settings recorded in RUN_FILE, the earlier run's checkpoints removed when starting afresh. The main process does it (the others wait); nested calls in one thread (train_stage, then fit) share the hold."
+    out, key = Path(out_dir), os.path.realpath(out_dir)
+    held = _held.get(key)
+    if held and held[2] != threading.get_ident(): raise RunFolderError(f"--out {str(out)!r} is in use by another training run in this process: give another --out")
+    if held: held[1] += 1
+    else:
+        fd = None
+        if acc is None or acc.is_main_process:
+            if out.exists() and not out.is_dir(): raise RunFolderError(f"--out {str(out)!r} is a file, not a folder: give a folder for the run")
+            out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(out, os.O_RDONLY)
+            try:
+                if not _lock(fd): raise RunFolderError(f"--out {str(out)!r} is in use by another training run (it holds the folder's lock): wait for it to end, or give another --out")
+                what = check_run_folder(out, cfg, resume, inputs)
+                if what == 'restart':
+                    for p in _start_afresh(out): print(f"removed {p}: the run starts afresh")
+                if what != 'resume' or not (out/RUN_FILE).is_file():
+                    with atomic_path(out/RUN_FILE) as tmp: tmp.write_text(json.dumps(run_record(cfg, inputs), indent=1))
+            except BaseException: os.close(fd); raise
+        held = _held[key] = [fd, 1, threading.get_ident()]
+        if acc is not None: acc.wait_for_everyone()
+    try: yield out
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _held[key]
+            if held[0] is not None: os.close(held[0])      # closing the folder drops its lock
+
+# %% ../nbs/08_train.ipynb #fitwrap1
+def _check_finite(params: list, step: int, cfg: TrainConfig, many: bool = False):
+    "Stop the run if an update left a NaN or infinite weight (a corrupt optimizer state resumed from, say): nothing is saved, the last good checkpoint stays."
+    bad = ~torch.stack([p.detach().isfinite().all() for p in params]).all()
+    if many: bad = reduce(bad.float(), 'sum') > 0
+    if bad: raise NonFiniteLoss(f"the weights became NaN or infinite in step {step + 1} of stage {cfg.stage!r} (a corrupt optimizer state in the checkpoint it resumed from?); "
+                                f"nothing was saved: the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
+
+def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
+        accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
+    "Train the trainable parameters of `model` for cfg.max_steps optimizer steps, in cfg.out_dir (held with run_folder); return the loss per step."
+    acc = accelerator or make_accelerator(cfg)
+    with run_folder(cfg.out_dir, cfg, resume, acc=acc):
+        return _fit(cfg, model, loss_fn, batch_fn, resume, acc, on_checkpoint)
 
 # %% ../nbs/08_train.ipynb #2d568754
 def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: bool = True) -> Path:
@@ -263,7 +424,7 @@ def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
                 except UNREADABLE as e:           # a missing or corrupt video or image prompt; anything else is a bug, and raised
                     skip[i] = found[i] = f"{type(e).__name__}: {e}"[:300]
             i = (i + 1) % len(dataset)
-        else: raise RuntimeError(f"no item of the dataset can be read (the last error: {skip[i]}); check the videos folder")
+        else: raise ValueError(f"no item of the dataset can be read (the last error: {skip[i]}); check the videos folder")
     return {**_collate(items), '_skipped': found}
 
 
@@ -303,6 +464,8 @@ class Batches:
         if not (self.file and self.file.is_file()): return {}
         try: saved = json.loads(self.file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{self.file} is not the JSON a run writes ({e}); remove it to try every clip again") from e
+        if not (isinstance(saved, dict) and all(isinstance(e, dict) and isinstance(e.get('error'), str) and isinstance(e.get('video'), (str, type(None))) for e in saved.values())):
+            raise ValueError(f"{self.file} is not what a run writes (clip index -> its video and error); remove it to try every clip again")
         n = len(self.dataset)   # entries of another dataset (another index or video) are left out
         return {i: e for i, e in saved.items() if i.isdigit() and int(i) < n and e.get('video') == self._video(int(i))}
 
@@ -548,6 +711,8 @@ def resolve_config(cfg: TrainConfig, model, inputs: StageInputs) -> TrainConfig:
     if isinstance(size, (list, tuple)): size = size[0]
     if not cfg.num_frames and inputs.base:
         raise ValueError("a pretrained base trains on as many frames as you give it: add --num-frames (AnimateDiff's motion modules learned 16 frames)")
+    most = getattr(getattr(getattr(model, 'unet', None), 'config', None), 'motion_max_seq_length', None)   # the motion modules' position table
+    if most and (cfg.num_frames or TOY_FRAMES) > most: raise ValueError(f"--num-frames {cfg.num_frames} is more than this model's motion modules take ({most} frames)")
     return replace(cfg, size=int(size), num_frames=cfg.num_frames or TOY_FRAMES)
 
 def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype, keep: tuple = ()) -> int:
@@ -649,9 +814,9 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: 
 
 # %% ../nbs/08_train.ipynb #34afa4df
 def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None, model=None, resume: bool = True, accelerator=None) -> tuple:
-    "Train one stage end to end; return (model, losses)."
-    from vb_nb.dataset import VideoPromptDataset
+    "Train one stage end to end into cfg.out_dir (a new or empty folder, or a run of the same settings: run_folder); return (model, losses)."
     inputs = inputs or StageInputs()
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir(): raise RunFolderError(f"--out {cfg.out_dir!r} is a file, not a folder: give a folder for the run")
     acc = accelerator or make_accelerator(cfg)
     if model is None:
         seed_everything(cfg.seed)       # the new weights start from the run's seed: two identical commands start equal
@@ -661,6 +826,12 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     low = autocast_dtype(acc)
     if low != torch.float32:    # autocast computes in it anyway: half the memory of the frozen weights; not those the stage saves with its result
         store_frozen_in(model.vae if cfg.stage in ('base', 'motion_text') else model, low, keep=(model.adapter,) if hasattr(model, 'adapter') else ())
+    if acc.is_main_process: check_run_folder(cfg.out_dir, cfg, resume, inputs)   # before the data is built: a folder that cannot take the run costs nothing
+    with run_folder(cfg.out_dir, cfg, resume, inputs, acc): return _train_held(cfg, inputs, dataset, model, resume, acc)
+
+def _train_held(cfg, inputs, dataset, model, resume, acc) -> tuple:
+    "train_stage once its folder is held."
+    from vb_nb.dataset import VideoPromptDataset
     if dataset is None:
         root = inputs.data or toy_training_data(inputs.n_clips)
         dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
@@ -680,6 +851,7 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     acc.wait_for_everyone()
     return model, losses
 
+# %% ../nbs/08_train.ipynb #wrsumm01
 def write_summary(cfg: TrainConfig, losses: list, seconds: float = 0.0, processes: int = 1) -> Path:
     "Write `<out_dir>`/summary.json of a finished run: steps, losses, config, hardware and its number of processes, and its time (the last checkpoint's, else `seconds`)."
     ck = checkpoints(cfg.out_dir)   # the last one is the final step's, and its state holds the time of every run that led to it
@@ -751,14 +923,15 @@ def main(argv=None):
     ap.add_argument('--n-clips', type=int, default=StageInputs.n_clips, help='toyworld clips to generate when --data is not given')
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
     a = ap.parse_args(argv)
-    base = asdict(TrainConfig.from_json(a.config)) if a.config else {}
     over = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}
     try:
+        base = asdict(TrainConfig.from_json(a.config)) if a.config else {}
         out = a.out or ('' if a.base else str(toy_dir(a.stage)))      # '': TrainConfig's outputs/<stage>
         cfg = TrainConfig(**{**base, **over, 'stage': a.stage, 'out_dir': out})
         inputs = StageInputs(**{f.name: getattr(a, f.name) for f in fields(StageInputs)})
         _, losses = train_stage(cfg, inputs, resume=not a.no_resume)
-    except (ValueError, FileNotFoundError) as e: ap.error(str(e))
+    except NonFiniteLoss as e: ap.exit(1, f"{ap.prog}: stopped: {e}\n")
+    except (ValueError, OSError) as e: ap.error(str(e))
     print(f"{cfg.stage}: {len(losses)} steps, final loss {np.mean(losses[-20:]):.4f}; wrote {Path(cfg.out_dir)/'final'}")
 
 if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m vb_nb.train` / `accelerate launch -m vb_nb.train`; not in the notebook
