@@ -25,7 +25,7 @@ image, prompt = example_images()['red_checkered_star'], 'a star drifts to the le
 times = []
 for i in range(a.runs + 1):
     t = time.perf_counter()
-    generate(image, prompt, model=pipe, steps=a.steps, num_frames=a.frames, seed=i, refine='director', progress=False)
+    generate(image, prompt, model=pipe, num_inference_steps=a.steps, num_frames=a.frames, seed=i, refine='director', progress=False)
     if a.device.startswith('cuda'): torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
 where = torch.cuda.get_device_name(0) if a.device.startswith('cuda') else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """vb_nb's default generate against stock diffusers AnimateDiffPipeline, and AnimateDiff + IP-Adapter, on the same UNet weights, frames, size and steps.
 
-  vb_default   vb_nb.sample.generate at its default guidance (text 4.0, image 2.0: three guidance branches)
-  vb_one       generate with one guidance scale (text = image = 4.0: two branches)
+  vb_default   vb_nb.sample.generate at its default guidance (guidance_scale 4.0, image_guidance_scale 2.0: three guidance branches)
+  vb_one       generate with one guidance scale (guidance_scale 4.0, image_guidance_scale=None: two branches)
   stock        diffusers' AnimateDiffPipeline, plain text classifier-free guidance at 4.0 (two branches)
   ip_adapter   AnimateDiffPipeline with an IP-Adapter, given the same image prompt (ip_adapter_image=), guidance 4.0
 
@@ -145,8 +145,7 @@ def build(name) -> dict:
 class Stamps:
     "Times of each step's end, from a pipeline's step callback."
     def __init__(self): self.t = []
-    def vb(self, i, n): self.t.append(time.perf_counter())
-    def stock(self, pipe, i, t, kw): self.t.append(time.perf_counter()); return {}
+    def __call__(self, pipe, i, t, kw): self.t.append(time.perf_counter()); return {}
     def per_step(self): return (self.t[-1] - self.t[0]) / (len(self.t) - 1)
 
 
@@ -162,14 +161,14 @@ def run(variant, pipes, cfg, steps, image, seed):
     from vb_nb.sample import generate
     s = Stamps()
     t0 = time.perf_counter()
-    if variant == 'stock': animatediff(pipes['stock'], cfg, steps, seed, s.stock)
+    if variant == 'stock': animatediff(pipes['stock'], cfg, steps, seed, s)
     elif variant == 'ip_adapter':
         with Image.open(image) as im: pil = im.convert('RGB')     # read inside the clock, as generate reads its image from the path
-        animatediff(pipes['ip_adapter'], cfg, steps, seed, s.stock, ip_adapter_image=pil)
+        animatediff(pipes['ip_adapter'], cfg, steps, seed, s, ip_adapter_image=pil)
     else:
-        ig = IMAGE_GUIDANCE if variant == 'vb_default' else GUIDANCE
-        generate(image, PROMPT, model=pipes['vb'], num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], steps=steps,
-                 text_guidance=GUIDANCE, image_guidance=ig, seed=seed, refine='director', progress=False, callback=s.vb)
+        ig = IMAGE_GUIDANCE if variant == 'vb_default' else None
+        generate(image, PROMPT, model=pipes['vb'], num_frames=cfg['frames'], height=cfg['size'], width=cfg['size'], num_inference_steps=steps,
+                 guidance_scale=GUIDANCE, image_guidance_scale=ig, seed=seed, refine='director', progress=False, callback_on_step_end=s)
     return time.perf_counter() - t0, s.per_step()
 
 

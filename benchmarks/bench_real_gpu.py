@@ -105,7 +105,7 @@ def time_videobooth(model, frames, size, steps, device) -> dict:
     from vb_nb.sample import generate
     image = (torch.rand(size, size, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
     run = lambda n: generate(image, 'a red star drifts to the left over green grass', 'star', model=model, num_frames=frames, height=size, width=size,
-                             steps=n, refine=None, progress=False, device=device)
+                             num_inference_steps=n, refine=None, progress=False, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
         run(1); sync(device); peak_reset(device)                     # warm-up: kernels, caches
         t = time.time(); run(steps); sync(device)

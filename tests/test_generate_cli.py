@@ -13,7 +13,7 @@ def cli(*args):
 
 def test_readme_command_writes_a_playable_mp4(tmp_path):
     out = tmp_path/'star.mp4'
-    r = cli('--image', 'red_checkered_star', '--prompt', 'a star drifts to the left, then up over green grass', '--out', str(out), '--steps', '5')
+    r = cli('--image', 'red_checkered_star', '--prompt', 'a star drifts to the left, then up over green grass', '--out', str(out), '--num-inference-steps', '5')
     assert r.returncode == 0, r.stderr
     frames = read_video(out)
     assert frames.shape == (8, 64, 64, 3) and frames.dtype == np.uint8
@@ -27,7 +27,7 @@ def test_bad_inputs_exit_with_a_message(tmp_path):
     assert r.returncode == 2 and 'no known subject' in r.stderr
     r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball rolls', '--out', str(tmp_path/'x.avi'))
     assert r.returncode == 2 and '.mp4 or .gif' in r.stderr
-    r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball rolls', '--frames', '0', '--out', str(tmp_path/'x.mp4'))
+    r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball rolls', '--num-frames', '0', '--out', str(tmp_path/'x.mp4'))
     assert r.returncode == 2 and 'num_frames' in r.stderr
     assert not any(tmp_path.iterdir())                      # nothing half-written
 
@@ -36,7 +36,7 @@ def test_no_adapter_makes_the_base_video_without_an_image(tmp_path):
     r = cli('--prompt', 'a ball rolls', '--out', str(tmp_path/'x.mp4'))
     assert r.returncode == 2 and '--image is required' in r.stderr
     out = tmp_path/'base.gif'
-    r = cli('--no-adapter', '--prompt', 'a ball moves to the left', '--out', str(out), '--steps', '3', '--frames', '4')
+    r = cli('--no-adapter', '--prompt', 'a ball moves to the left', '--out', str(out), '--num-inference-steps', '3', '--num-frames', '4')
     assert r.returncode == 0, r.stderr
     assert read_video(out).shape == (4, 64, 64, 3)
 
@@ -46,7 +46,7 @@ def test_steer_follows_the_prompt_or_says_why_not(tmp_path):
     assert r.returncode == 2 and 'names none' in r.stderr and not any(tmp_path.iterdir())
     plain, steered = tmp_path/'plain.mp4', tmp_path/'steered.mp4'
     for out, extra in ((plain, ()), (steered, ('--steer',))):
-        r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball moves up over the sand', '--out', str(out), '--steps', '3', *extra)
+        r = cli('--image', 'orange_dotted_ball', '--prompt', 'a ball moves up over the sand', '--out', str(out), '--num-inference-steps', '3', *extra)
         assert r.returncode == 0, r.stderr
     assert (read_video(plain) != read_video(steered)).any()     # the starting noise, and so the video, differ
 
@@ -68,7 +68,7 @@ def test_sizes_have_an_upper_bound(tmp_path):
     out = tmp_path/'x.mp4'
     for flag in ('--width', '--height'):
         msg = refused(cli(*STAR, flag, '100000', '--out', str(out)), flag[2:], 'at most', '512')   # the toy VAE's 4 px per latent: 4 x 128
-    refused(cli(*STAR, '--frames', '100000', '--out', str(out)), 'num_frames', '32')
+    refused(cli(*STAR, '--num-frames', '100000', '--out', str(out)), 'num_frames', '32')
     assert not any(tmp_path.iterdir())
 
 
@@ -104,7 +104,7 @@ def test_read_only_folder_is_refused_before_generating(tmp_path):
 
 def test_missing_folders_are_made(tmp_path):
     out = tmp_path/'new'/'deeper'/'x.gif'
-    r = cli(*STAR, '--out', str(out), '--steps', '2', '--frames', '2', '--refine', 'none')
+    r = cli(*STAR, '--out', str(out), '--num-inference-steps', '2', '--num-frames', '2', '--refine', 'none')
     assert r.returncode == 0, r.stderr
     assert read_video(out).shape == (2, 64, 64, 3) and [p.name for p in out.parent.iterdir()] == ['x.gif']
 
@@ -120,14 +120,14 @@ def test_bad_devices_are_named(tmp_path):
 def test_seeds_must_fit_64_bits(tmp_path):
     refused(cli(*STAR, '--seed', str(2**64), '--out', str(tmp_path/'x.mp4')), 'seed', '2**64')
     refused(cli(*STAR, '--seed', '-1', '--out', str(tmp_path/'x.mp4')), 'seed', 'non-negative')
-    r = cli(*STAR, '--seed', str(2**64 - 1), '--out', str(tmp_path/'x.gif'), '--steps', '1', '--frames', '1', '--refine', 'none')
+    r = cli(*STAR, '--seed', str(2**64 - 1), '--out', str(tmp_path/'x.gif'), '--num-inference-steps', '1', '--num-frames', '1', '--refine', 'none')
     assert r.returncode == 0, r.stderr
 
 
 def test_a_long_prompt_is_cut_with_one_short_warning(tmp_path):
     tail = ' '.join(f'word{i}' for i in range(120))           # ~240 CLIP tokens after the subject
     out = tmp_path/'x.gif'
-    r = cli('--image', 'red_checkered_star', '--prompt', f'a star drifts to the left over {tail}', '--out', str(out), '--steps', '1', '--frames', '2')
+    r = cli('--image', 'red_checkered_star', '--prompt', f'a star drifts to the left over {tail}', '--out', str(out), '--num-inference-steps', '1', '--num-frames', '2')
     assert r.returncode == 0, r.stderr
     warns = [l for l in r.stderr.splitlines() if 'warning' in l.lower()]
     assert len(warns) == 1, r.stderr

@@ -12,7 +12,7 @@ from vb_nb.sample import VideoBoothPipeline, assemble, generate, load_model
 torch.set_num_threads(1)
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
 IMG = np.full((40, 40, 3), 255, np.uint8); IMG[8:32, 8:32] = (30, 30, 200)
-KW = dict(num_frames=3, steps=2, progress=False)
+KW = dict(num_frames=3, num_inference_steps=2, progress=False)
 
 
 def cli(module, *args):
@@ -53,7 +53,7 @@ def test_assemble_then_from_pretrained_gives_the_same_video(hub, tmp_path):
     b = generate(IMG, 'a blue box slides down', model=direct, **KW).frames
     assert np.abs(a.astype(int) - b).max() <= 1
     r = cli('main', '--model', str(tmp_path/'videobooth'), '--dtype', 'bf16', '--image', 'orange_dotted_ball', '--prompt', 'a ball rolls to the left',
-            '--frames', '3', '--steps', '2', '--refine', 'none', '--out', str(tmp_path/'one.mp4'))
+            '--num-frames', '3', '--num-inference-steps', '2', '--refine', 'none', '--out', str(tmp_path/'one.mp4'))
     assert r.returncode == 0, r.stderr
     assert read_video(tmp_path/'one.mp4').shape == (3, 64, 64, 3)
     r = cli('assemble_main', '--motion-adapter', parts['motion_adapter'], '--out', str(tmp_path/'bad'))
@@ -67,7 +67,7 @@ def test_vb_nb_generate_takes_the_downloads(hub, tmp_path):
     out = tmp_path/'box.gif'
     r = cli('main', '--model', hub['base'], '--motion-adapter', hub['motion_adapter'], '--image-encoder', hub['image_encoder'],
             '--adapter', hub['adapter'], '--dtype', 'bf16', '--image', 'green_solid_box', '--prompt', 'a box drifts to the right',
-            '--frames', '3', '--steps', '2', '--out', str(out))
+            '--num-frames', '3', '--num-inference-steps', '2', '--out', str(out))
     assert r.returncode == 0, r.stderr
     assert read_video(out).shape == (3, 64, 64, 3)
     r = cli('main', '--model', hub['base'], '--image', 'green_solid_box', '--prompt', 'a box drifts', '--out', str(tmp_path/'x.mp4'))

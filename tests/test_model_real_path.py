@@ -134,7 +134,8 @@ def test_a_saved_adapter_keeps_its_stage(folders, model, tmp_path):
     assert pipe.trained_stage == 'coarse'
     kw = dict(num_frames=3, num_inference_steps=2, height=64, width=64)
     img = np.full((32, 32, 3), 200, np.uint8)
-    run = lambda p, **o: p(img, 'a red ball bounces', 'ball', generator=torch.Generator().manual_seed(0), **kw, **o)
+    run = lambda p, **o: p('a red ball bounces', image=img, subject='ball', guidance_scale=4.0, image_guidance_scale=2.0,
+                           generator=torch.Generator().manual_seed(0), **kw, **o).frames
     same = VideoBoothPipeline.from_model(model)            # the same weights ...
     model.adapter.register_to_config(trained_stage='coarse')
     try: np.testing.assert_array_equal(run(pipe), run(same))    # ... sampled as the coarse adapter they are
@@ -153,6 +154,6 @@ def test_bf16_sampling_at_real_class_size(folders):
     assert {p.dtype for p in pipe.model.parameters()} == {torch.bfloat16}
     seen = []
     h = pipe.model.unet.register_forward_pre_hook(lambda m, a, k: seen.append((a[0] if a else k['sample']).dtype), with_kwargs=True)
-    try: v = generate(np.full((32, 32, 3), 200, np.uint8), 'a red ball bounces', model=pipe, num_frames=3, steps=2, progress=False)
+    try: v = generate(np.full((32, 32, 3), 200, np.uint8), 'a red ball bounces', model=pipe, num_frames=3, num_inference_steps=2, progress=False)
     finally: h.remove()
     assert v.frames.shape == (3, 64, 64, 3) and set(seen) == {torch.bfloat16}

@@ -111,8 +111,9 @@ class Demo:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter('always')
                 v = generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
-                             steps=self.steps.value, text_guidance=self.text_guidance.value, image_guidance=self.image_guidance.value,
-                             seed=self.seed.value, steer=self.steer.value, progress=False, callback=self.on_progress)
+                             num_inference_steps=self.steps.value, guidance_scale=self.text_guidance.value,
+                             image_guidance_scale=self.image_guidance.value, seed=self.seed.value, steer=self.steer.value, progress=False,
+                             callback_on_step_end=lambda pipe, i, t, tensors: self.on_progress(i + 1, pipe.num_timesteps) or tensors)
             self.last = v
             self.video.value = v._repr_html_(width=256)
             b64 = base64.b64encode(gif_bytes(v.frames, v.fps)).decode()

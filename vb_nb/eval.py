@@ -400,7 +400,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
             if name not in pipes:
                 pipes[name] = _pipeline(model if source in (None, 'base') else _with_adapter(model, source), None)
             text = it[opts.get('text', 'prompt')]
-            frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, steps=steps,
+            frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, num_inference_steps=steps,
                               seed=sd, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames
         r = dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer))
         rows.append(r)
@@ -450,7 +450,7 @@ def main(argv=None):
 # %% ../nbs/10_eval.ipynb #wordfn01
 def word_following(model=None, n_seeds: int = 16, steps: int = 25, device=None) -> float:
     "Share of videos, the base alone from held-out seeds under each straight-motion prompt, whose subject goes the way the prompt says."
-    from vb_nb.sample import _pipeline, STEER_DIRECTIONS
+    from vb_nb.sample import _pipeline, STEER_DIRECTIONS, as_uint8
     if n_seeds < 1: raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
     pipe = _pipeline(model, device); pipe.set_progress_bar_config(disable=True)
     m = pipe.model
@@ -460,7 +460,7 @@ def word_following(model=None, n_seeds: int = 16, steps: int = 25, device=None) 
     for i, s in enumerate(specs):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(i))
         for motion in STEER_DIRECTIONS:
-            frames = pipe(None, f"a {s.colour} {s.category} {tw.MOTIONS[motion].phrases[0]}", s.category, latents=noise.clone(),
-                          adapter=False, num_inference_steps=steps)
+            frames = as_uint8(pipe(f"a {s.colour} {s.category} {tw.MOTIONS[motion].phrases[0]}", latents=noise.clone(), adapter=False,
+                                   num_inference_steps=steps).frames[0])
             scores.append(motion_accuracy(track_subject(frames), motion) or 0.0)
     return float(np.mean(scores))

@@ -307,12 +307,16 @@ class VideoBoothAdapter(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str|None = None, torch_dtype=None, **kwargs) -> 'VideoBoothAdapter':
-        "An adapter folder (as save_pretrained / save_adapter write it): the mapper loaded, the attention weights kept until a VideoBooth attaches it to its UNet."
+        "An adapter folder (as save_pretrained / save_adapter write it; safetensors or torch's format, `variant=` as in diffusers): the mapper loaded, the attention weights kept until a VideoBooth attaches it to its UNet."
+        from vb_nb.core import load_checkpoint
         folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))/(subfolder or '')
-        if not (folder/ADAPTER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{folder} holds no adapter weights ({ADAPTER_WEIGHTS}); save one with VideoBooth.save_adapter (a local folder)")
+        infix = f".{kwargs['variant']}" if kwargs.get('variant') else ''
+        found = [folder/f'diffusion_pytorch_model{infix}{ext}' for ext in ('.safetensors', '.bin')]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{folder} holds no adapter weights ({ADAPTER_WEIGHTS.replace('.', infix + '.', 1)}); save one with VideoBooth.save_adapter (a local folder)")
         with _quiet_diffusers(): adapter = cls.from_config(cls.load_config(str(folder)))
-        state = load_file(str(folder/ADAPTER_WEIGHTS))
+        state = load_file(str(found[0])) if found[0].suffix == '.safetensors' else load_checkpoint(found[0])   # .bin: tensors only (weights_only)
         adapter.mapper.load_state_dict({k[len('mapper.'):]: v for k, v in state.items() if k.startswith('mapper.')})
         adapter._unattached = {k: v for k, v in state.items() if not k.startswith('mapper.')}
         dtype = torch_dtype if torch_dtype is not None else kwargs.get('dtype')

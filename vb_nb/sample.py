@@ -19,10 +19,10 @@ from .splice import subject_pattern, SubjectNotFoundError
 __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES',
            'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt',
            'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
-           'VideoBoothPipelineOutput', 'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout',
-           'as_dtype', 'is_pipeline_folder', 'load_model', 'check_model_inputs', 'checked_pipeline', 'check_limits',
-           'check_device', 'check_options', 'generate', 'example_dir', 'render_example', 'example_images',
-           'check_out_path', 'main', 'assemble', 'assemble_main']
+           'VideoBoothPipelineOutput', 'as_uint8', 'default_attn_processor', 'model_lock', 'VideoBoothPipeline',
+           'decode_frames', 'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder', 'load_model',
+           'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options', 'generate',
+           'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
@@ -155,12 +155,14 @@ def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.7
 BRANCHES = ('full', 'text', 'none')        # eps(T, I), eps(T), eps(empty prompt)
 
 def guidance_branches(text_guidance: float, image_guidance: float, adapter: bool = True) -> tuple[str, ...]:
-    "The UNet branches a step needs: all three; ('full', 'none') when the scales are equal (eps(T) cancels); ('text', 'none') for the base alone."
-    if not adapter: return ('text', 'none')
-    return ('full', 'none') if text_guidance == image_guidance else BRANCHES
+    "The UNet branches a step needs: all three; ('full', 'none') when the scales are equal (eps(T) cancels); ('text', 'none') for the base alone; one branch when guidance is off (scale 1)."
+    if not adapter: return ('text',) if text_guidance == 1 else ('text', 'none')
+    if text_guidance == image_guidance: return ('full',) if text_guidance == 1 else ('full', 'none')
+    return BRANCHES
 
 def combine_guidance(e: dict, text_guidance: float, image_guidance: float) -> torch.Tensor:
     "e_none + s_T (e_text - e_none) + s_I (e_full - e_text), from the branches in `e` (as guidance_branches names them)."
+    if len(e) == 1: return next(iter(e.values()))                          # guidance off: the conditional prediction itself
     if 'full' not in e: return e['none'] + text_guidance * (e['text'] - e['none'])
     if 'text' not in e:
         if text_guidance != image_guidance: raise ValueError(f"without eps(T) the scales must be equal, got text {text_guidance} and image {image_guidance}")
@@ -169,21 +171,46 @@ def combine_guidance(e: dict, text_guidance: float, image_guidance: float) -> to
 
 
 # %% ../nbs/09_sample.ipynb #b84125df
+import threading, types, weakref
 from dataclasses import dataclass
 from diffusers import DDPMScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from fastcore.basics import patch
 
 OUTPUT_TYPES = ('np', 'pil', 'pt', 'latent')
 
 @dataclass
 class VideoBoothPipelineOutput(BaseOutput):
-    "What the pipeline returns with return_dict=True: the frames in the asked output_type."
+    "The videos, one per prompt and per `num_videos_per_prompt`, as `output_type` asks: 'np' float (batch, frames, H, W, 3) in [0, 1]; 'pt' a tensor (batch, frames, 3, H, W) in [0, 1]; 'pil' a list of lists of images; 'latent' (batch, C, frames, h, w)."
     frames: object
 
+def as_uint8(frames) -> np.ndarray:
+    "Frames in [0, 1] (the pipeline's 'np' or 'pt' output, any leading shape) as uint8 RGB (..., H, W, 3)."
+    x = frames.permute(*range(frames.ndim - 3), -2, -1, -3).cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames)
+    return (x.astype(np.float32) * 255).round().clip(0, 255).astype(np.uint8)
+
+def default_attn_processor(unet):
+    "`set_default_attn_processor` of a VideoBooth UNet: diffusers' plain AttnProcessor on every stock layer, while the method's own processors (they hold the adapter's weights, and already run plain scaled-dot-product attention) stay."
+    from vb_nb.model import _is_vb_nb
+    for m in unet.modules():
+        if isinstance(m, Attention) and not _is_vb_nb(m.processor): m.set_processor(AttnProcessor())
+
+_LOCKS, _LOCKS_GUARD = weakref.WeakKeyDictionary(), threading.Lock()
+
+def model_lock(model) -> threading.RLock:
+    "The lock of a VideoBooth model: its processors hold the state of the running call (frames, image stream, text cache), so one call at a time samples with it."
+    with _LOCKS_GUARD: return _LOCKS.setdefault(model, threading.RLock())
+
+# %% ../nbs/09_sample.ipynb #pipe0003
 class VideoBoothPipeline(DiffusionPipeline):
     "Text + image prompt to video with a VideoBooth model and any diffusers scheduler; components: unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter (mapper + new attention weights), scheduler."
     model_cpu_offload_seq = 'text_encoder->image_encoder->unet->vae'
     _exclude_from_cpu_offload = ['adapter']      # the mapper is called on its own; its attention weights live in the UNet and move with it
+    _callback_tensor_inputs = ['latents', 'prompt_embeds', 'negative_prompt_embeds']
 
     def __init__(self, unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter, scheduler):
         super().__init__()
@@ -195,6 +222,9 @@ class VideoBoothPipeline(DiffusionPipeline):
         self.register_modules(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                               image_encoder=model.image_encoder, feature_extractor=model.feature_extractor, adapter=model.adapter, scheduler=scheduler)
         self.model = model                       # the VideoBooth these parts make up (not a component: its parts are)
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=model.vae_scale_factor)
+        self.unet.set_default_attn_processor = types.MethodType(default_attn_processor, self.unet)
+        self._guidance_scale, self._image_guidance_scale, self._num_timesteps, self._interrupt = 4.0, None, 0, False
 
     @classmethod
     def from_model(cls, model, scheduler=None) -> 'VideoBoothPipeline':
@@ -202,104 +232,286 @@ class VideoBoothPipeline(DiffusionPipeline):
         scheduler = scheduler or DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
         return cls(model.unet, model.vae, model.text_encoder, model.tokenizer, model.image_encoder, model.feature_extractor, model.adapter, scheduler)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> 'VideoBoothPipeline':
-        "Load a pipeline folder (as save_pretrained writes it) or hub id; torch_dtype=, device_map and the rest as in diffusers."
-        from vb_nb.model import _quiet_diffusers, load_motion_text
-        from diffusers import UNetMotionModel
-        folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
-        if not folder.is_dir():
-            hub = {k: kwargs[k] for k in ('cache_dir', 'revision', 'token', 'local_files_only', 'proxies') if k in kwargs}
-            folder = Path(cls.download(str(pretrained_model_name_or_path), **hub))
-        if not (folder/'model_index.json').is_file():
-            raise FileNotFoundError(f"{str(folder)!r} is no pipeline folder (no model_index.json): assemble one with vb_nb_assemble, "
-                                    "or load the parts with load_model(path, motion_adapter=, image_encoder=)")
-        check_model_inputs(folder)              # every part's config within a real model's bounds, before anything is built
-        if 'unet' not in kwargs:                # the UNet with the motion-text path its base was trained with, if any
-            dtype = kwargs.get('torch_dtype', kwargs.get('dtype'))
-            dtype = dtype.get('unet', dtype.get('default')) if isinstance(dtype, dict) else dtype
-            with _quiet_diffusers(): unet = UNetMotionModel.from_pretrained(folder/'unet', torch_dtype=dtype)
-            load_motion_text(unet, folder/'unet')
-            kwargs['unet'] = unet
-        with _quiet_diffusers(): return checked_pipeline(super().from_pretrained(folder, **kwargs))
+# %% ../nbs/09_sample.ipynb #pipe0004
+@patch(as_prop=True)
+def vae_scale_factor(self: VideoBoothPipeline) -> int: return self.model.vae_scale_factor
+@patch(as_prop=True)
+def default_size(self: VideoBoothPipeline) -> int: return (self.unet.config.sample_size or 16) * self.vae_scale_factor   # no sample_size: the toy's 64 px
+@patch(as_prop=True)
+def guidance_scale(self: VideoBoothPipeline) -> float: return self._guidance_scale
+@patch(as_prop=True)
+def image_guidance_scale(self: VideoBoothPipeline) -> float: return self._guidance_scale if self._image_guidance_scale is None else self._image_guidance_scale
+@patch(as_prop=True)
+def num_timesteps(self: VideoBoothPipeline) -> int: return self._num_timesteps
+@patch(as_prop=True)
+def interrupt(self: VideoBoothPipeline) -> bool: return self._interrupt
+@patch(as_prop=True)
+def trained_stage(self: VideoBoothPipeline) -> str:
+    "'coarse' if the adapter was trained only through the coarse stage, else 'fine'."
+    return self.adapter.config.get('trained_stage') or 'fine'
 
-    def save_pretrained(self, save_directory, **kwargs) -> Path:
-        "Write every component to its folder (the UNet as a stock UNetMotionModel with its motion-text path beside it); `save_directory` is replaced only once complete."
-        from vb_nb.core import atomic_folder
-        from vb_nb.model import _quiet_diffusers, save_motion_text, stock_processors
-        with atomic_folder(save_directory) as tmp:
-            with stock_processors(self.unet), _quiet_diffusers(): super().save_pretrained(tmp, **kwargs)
-            save_motion_text(self.unet, tmp/'unet')
-        return Path(save_directory)
+# %% ../nbs/09_sample.ipynb #pipe0029
+@patch(cls_method=True)
+def from_pretrained(cls: VideoBoothPipeline, pretrained_model_name_or_path, **kwargs) -> VideoBoothPipeline:
+    "Load a pipeline folder (as save_pretrained writes it) or hub id; torch_dtype= (one dtype, or a dict by component), variant=, use_safetensors= and the rest as in diffusers."
+    from vb_nb.model import _quiet_diffusers, load_motion_text
+    folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
+    if not folder.is_dir():
+        hub = {k: kwargs[k] for k in ('cache_dir', 'revision', 'token', 'local_files_only', 'proxies', 'variant') if k in kwargs}
+        folder = Path(cls.download(str(pretrained_model_name_or_path), **hub))
+    if not (folder/'model_index.json').is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is no pipeline folder (no model_index.json): assemble one with vb_nb_assemble, "
+                                "or load the parts with load_model(path, motion_adapter=, image_encoder=)")
+    from vb_nb.sample import check_model_inputs, checked_pipeline   # defined with load_model, below
+    check_model_inputs(folder)                  # every part's config within a real model's bounds, before anything is built
+    given_unet = 'unet' in kwargs
+    with _quiet_diffusers(): pipe = DiffusionPipeline.from_pretrained.__func__(cls, folder, **kwargs)
+    if not given_unet: load_motion_text(pipe.unet, folder/'unet')     # the motion modules' text path its base was trained with, if any
+    return checked_pipeline(pipe)               # tokenizer capped at 77 positions, weights finite
 
-    # ---- memory savers: those that keep vb_nb's attention processors
-    def enable_vae_slicing(self): "Decode the frames one at a time (less memory, the same video)."; self.vae.enable_slicing()
-    def disable_vae_slicing(self): "Decode all frames in one batch again."; self.vae.disable_slicing()
-    def set_attention_slice(self, slice_size):
-        raise RuntimeError("attention slicing would replace vb_nb's attention processors, which hold the adapter's weights; "
-                           "use enable_vae_slicing(), enable_model_cpu_offload() or torch_dtype=torch.bfloat16 to save memory")
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None):
-        raise RuntimeError("xformers would replace vb_nb's attention processors; they already use PyTorch's scaled_dot_product_attention")
+@patch
+def save_pretrained(self: VideoBoothPipeline, save_directory, **kwargs) -> Path:
+    "Write every component to its folder (safe_serialization=, variant= as in diffusers; the UNet as a stock UNetMotionModel with its motion-text path beside it); `save_directory` is replaced only once complete."
+    from vb_nb.core import atomic_folder
+    from vb_nb.model import _quiet_diffusers, save_motion_text, stock_processors
+    with atomic_folder(save_directory) as tmp:
+        with stock_processors(self.unet), _quiet_diffusers(): DiffusionPipeline.save_pretrained(self, tmp, **kwargs)
+        save_motion_text(self.unet, tmp/'unet')
+    return Path(save_directory)
 
-    @property
-    def trained_stage(self) -> str:
-        "'coarse' if the adapter was trained only through the coarse stage, else 'fine'."
-        return self.adapter.config.get('trained_stage') or 'fine'
+# %% ../nbs/09_sample.ipynb #pipe0027
+@patch
+def enable_vae_slicing(self: VideoBoothPipeline): "Decode the frames one at a time (less memory, the same video)."; self.vae.enable_slicing()
+@patch
+def disable_vae_slicing(self: VideoBoothPipeline): "Decode all frames in one batch again."; self.vae.disable_slicing()
 
-    @torch.no_grad()
-    def __call__(self, image, prompt: str, subject: str, num_frames: int = 8, height: int = 64, width: int = 64,
-                 num_inference_steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, generator=None,
-                 injection: bool = True, posenc: bool|None = None, eta: float = 0.0, plan=None, blend: float = 2.0, callback=None,
-                 adapter: bool = True, latents: torch.Tensor|None = None, steer: bool = False, output_type: str = 'np', return_dict: bool = False):
-        "Frames for a prepared image prompt (uint8 (S, S, 3)) and a prompt containing `subject` (or a PromptPlan); adapter=False: the base alone; latents: the starting noise instead of drawing it; steer: start from `path_noise` along the prompt's directions. output_type 'np': uint8 (num_frames, height, width, 3); 'pil': a list of images; 'pt': float (num_frames, 3, height, width) in [0, 1]; 'latent': the final latents."
-        from vb_nb.prompts import plan_embeddings
-        if output_type not in OUTPUT_TYPES: raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        m = self.model
-        dev, dtype = self._execution_device, self.unet.dtype     # the UNet runs in its dtype; the scheduler's arithmetic stays fp32
-        f = m.vae_scale_factor
-        lat_shape = (1, m.unet.config.in_channels, num_frames, height // f, width // f)
-        if steer:
-            if latents is not None: raise ValueError("give latents or steer=True, not both: steering draws the starting noise")
-            directions = prompt_directions(prompt)
-            if not directions: raise ValueError(f"steer=True needs a prompt that names a straight motion ({', '.join(STEER_DIRECTIONS)}); {prompt!r} names none")
-            latents = path_noise(lat_shape, directions, generator=generator)
-        if latents is None: latents = torch.randn(lat_shape, generator=generator, device='cpu')
-        elif tuple(latents.shape) != lat_shape: raise ValueError(f"latents must have shape {lat_shape} for {num_frames} frames of {height}x{width}, got {tuple(latents.shape)}")
-        latents = latents.to(dev, torch.float32) * self.scheduler.init_noise_sigma
-        img = torch.from_numpy(image)[None].permute(0, 3, 1, 2) if adapter else None
-        if plan is not None and plan.num_segments > 1:        # per-frame prompts: (frames, 77, width) conditions
-            if plan.num_frames != num_frames: raise ValueError(f"the prompt plan has {plan.num_frames} frames, the video {num_frames}")
-            c_full = plan_embeddings(plan, lambda ps: m.encode_prompts(ps, [subject] * len(ps), img, splice=True)[0], blend) if adapter else None
-            c_text = plan_embeddings(plan, lambda ps: m.encode_prompts(ps, splice=False)[0], blend)
-            c_none = m.uncond_embeds().expand(num_frames, -1, -1)
+@patch
+def set_attention_slice(self: VideoBoothPipeline, slice_size):
+    raise RuntimeError("attention slicing would replace vb_nb's attention processors, which hold the adapter's weights; "
+                       "use enable_vae_slicing(), enable_model_cpu_offload() or torch_dtype=torch.bfloat16 to save memory")
+@patch
+def set_use_memory_efficient_attention_xformers(self: VideoBoothPipeline, valid: bool, attention_op=None):
+    raise RuntimeError("xformers would replace vb_nb's attention processors; they already use PyTorch's scaled_dot_product_attention")
+
+@patch
+def enable_sequential_cpu_offload(self: VideoBoothPipeline, gpu_id: int|None = None, device=None):
+    "diffusers' sequential offload of the UNet and the VAE, with the adapter's attention weights offloaded inside the UNet, where they run; the mapper and the two (small) CLIP encoders stay on the device, whole (vb_nb reads their device from their weights)."
+    from accelerate.utils import set_module_tensor_to_device
+    from vb_nb.model import _is_vb_nb
+    adapter, exclude = self.adapter, self._exclude_from_cpu_offload
+    self._exclude_from_cpu_offload = [*exclude, 'text_encoder', 'image_encoder']
+    adapter.to = lambda *args, **kw: (adapter.mapper.to(*args, **kw), adapter)[1]    # the excluded adapter: only its mapper moves
+    try: DiffusionPipeline.enable_sequential_cpu_offload(self, gpu_id=gpu_id, device=device)
+    finally: del adapter.to; self._exclude_from_cpu_offload = exclude
+    for m in self.unet.modules():          # vb_nb's processors are called directly, not through forward: their own weights must be in place
+        proc = getattr(m, 'processor', None) if isinstance(m, Attention) else None
+        hook = getattr(proc, '_hf_hook', None)
+        if not _is_vb_nb(proc) or hook is None or getattr(hook, 'weights_map', None) is None: continue
+        for name, _ in proc.named_parameters(recurse=False): set_module_tensor_to_device(proc, name, self._offload_device, value=hook.weights_map[name])
+        del proc._hf_hook; proc.__dict__.pop('forward', None); proc.__dict__.pop('_old_forward', None)   # the hook, which never runs, goes
+
+# %% ../nbs/09_sample.ipynb #pipe0007
+@patch
+def check_inputs(self: VideoBoothPipeline, prompt, image, height, width, num_frames, num_videos_per_prompt, negative_prompt=None, prompt_embeds=None,
+                 negative_prompt_embeds=None, callback_on_step_end_tensor_inputs=None, adapter=True, output_type='np'):
+    "Raise a ValueError naming the first argument that cannot work, before any work starts."
+    f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)      # the VAE's and the UNet's downsampling
+    for name, v in (('height', height), ('width', width)):
+        if not (isinstance(v, (int, np.integer)) and v > 0 and v % f == 0): raise ValueError(f"{name} must be a positive multiple of {f} pixels, got {v!r}")
+    for name, v in (('num_frames', num_frames), ('num_videos_per_prompt', num_videos_per_prompt)):
+        if not (isinstance(v, (int, np.integer)) and v >= 1): raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if output_type not in OUTPUT_TYPES: raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    bad = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
+    if bad: raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, got {bad}")
+    if (prompt is None) == (prompt_embeds is None): raise ValueError("give prompt or prompt_embeds (one of the two)")
+    if prompt is not None and not (isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt))):
+        raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    if negative_prompt is not None and negative_prompt_embeds is not None: raise ValueError("give negative_prompt or negative_prompt_embeds, not both")
+    if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+        raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have one shape")
+    if adapter and image is None:
+        raise ValueError("no image prompt: pass image= (a PIL image, an array, a tensor or a list of them), or adapter=False for the text-to-video base alone")
+
+@patch
+def prepare_image_prompts(self: VideoBoothPipeline, image, batch_size: int) -> list[np.ndarray]:
+    "The image prompts, one per prompt or one for all, as uint8 RGB white squares (`load_image_prompt`): PIL images, arrays (uint8, or float in [0, 1]; HWC or CHW), tensors, paths, or a list of them (a 4-d array or tensor is a list)."
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4: image = list(image)
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    if len(images) not in (1, batch_size): raise ValueError(f"{batch_size} prompts but {len(images)} image prompts: give one, or one per prompt")
+    return [load_image_prompt(im) for im in images]
+
+@patch
+def fit_prompts(self: VideoBoothPipeline, prompt, subject=None, adapter: bool = True) -> tuple[list[str], list[str]]:
+    "(prompts, subject words): each prompt cut to what the text encoder reads (`fit_prompt`) and its subject word, named (one, or one per prompt) or found; adapter=False: no subject needed."
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not adapter: return [cut_prompt(p, self.tokenizer)[0] for p in prompts], [None] * len(prompts)
+    subjects = [subject] * len(prompts) if subject is None or isinstance(subject, str) else list(subject)
+    if len(subjects) != len(prompts): raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects: give one, or one per prompt")
+    fitted = [fit_prompt(p, s, self.tokenizer) for p, s in zip(prompts, subjects)]
+    return [p for p, _ in fitted], [w for _, w in fitted]
+
+# %% ../nbs/09_sample.ipynb #pipe0010
+@patch
+def encode_prompt(self: VideoBoothPipeline, prompt, image=None, subject=None, device=None, num_videos_per_prompt: int = 1,
+                  do_classifier_free_guidance: bool = True, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, adapter: bool = True):
+    "(prompt_embeds, negative_prompt_embeds), each (prompts * num_videos_per_prompt, 77, width): the prompt with the image prompt's tokens in place of its subject word (adapter=False: the plain prompt), and the negative prompt (the empty one unless given; None without guidance)."
+    m = self.model
+    if prompt_embeds is None:
+        prompts, words = self.fit_prompts(prompt, subject, adapter)
+        if not adapter: prompt_embeds = m.encode_prompts(prompts, splice=False)[0]
         else:
-            prompt = plan.prompts[0] if plan is not None else prompt
-            c_full = m.encode_prompts([prompt], [subject], img, splice=True)[0] if adapter else None
-            c_text, _ = m.encode_prompts([prompt], splice=False)
-            c_none = m.uncond_embeds()
-        stock = self.trained_stage == 'coarse' or not adapter     # the base's own frame attention: a coarse-only adapter keeps it, as does the base alone
-        x_img = m.image_latents(img, (height, width), device=dev) if adapter and injection and not stock else None
-        self.scheduler.set_timesteps(num_inference_steps, device=dev)
-        extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
-        names = guidance_branches(text_guidance, image_guidance, adapter)        # every branch in one UNet call per step
-        text = torch.cat([{'full': c_full, 'text': c_text, 'none': c_none}[n] for n in names])
-        if text.shape[0] == len(names): text = text.repeat_interleave(num_frames, 0)   # per frame, once: every step passes the same tensor
-        rows = torch.tensor([n == 'full' for n in names])                       # spliced, and injected: the full branch
-        spliced = rows if adapter else False
-        with m.text_kv_cache():
-            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                x = self.scheduler.scale_model_input(latents, t).to(dtype).expand(len(names), -1, -1, -1, -1)
-                if x_img is not None:
-                    noisy_img = m.noisy_image_latents(x_img, t[None], torch.randn(x_img.shape, generator=generator).to(dev, x_img.dtype))
-                    e = m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy_img, attn1='inject', posenc=posenc, injected=rows)
-                else: e = m.predict_noise(x, t, text, spliced, attn1='stock' if stock else 'cross', posenc=posenc)
-                eps = combine_guidance(dict(zip(names, e.float().chunk(len(names)))), text_guidance, image_guidance)
-                latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
-                if callback is not None: callback(i + 1, len(self.scheduler.timesteps))
-        frames = latents if output_type == 'latent' else decode_frames(self.vae, latents, output_type)
-        self.maybe_free_model_hooks()
-        return VideoBoothPipelineOutput(frames=frames) if return_dict else frames
+            images = self.prepare_image_prompts(image, len(prompts))
+            as_tensor = lambda ims: torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2)
+            if len({im.shape for im in images}) == 1: prompt_embeds = m.encode_prompts(prompts, words, as_tensor(images), splice=True)[0]
+            else: prompt_embeds = torch.cat([m.encode_prompts([p], [w], as_tensor([im]), splice=True)[0] for p, w, im in zip(prompts, words, images)])
+    n = len(prompt_embeds)
+    if do_classifier_free_guidance and negative_prompt_embeds is None:
+        if negative_prompt is None: negative_prompt_embeds = m.uncond_embeds().expand(n, -1, -1)
+        else:
+            negative = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negative) != n: raise ValueError(f"{n} prompts but {len(negative)} negative prompts: give one, or one per prompt")
+            negative_prompt_embeds = m.encode_prompts(negative, splice=False)[0]
+    prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, 0).to(device or prompt_embeds.device)
+    if negative_prompt_embeds is not None: negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, 0).to(prompt_embeds.device)
+    return prompt_embeds, negative_prompt_embeds
 
+# %% ../nbs/09_sample.ipynb #pipe0013
+@patch
+def prepare_latents(self: VideoBoothPipeline, batch_size, num_channels_latents, num_frames, height, width, device, generator=None, latents=None):
+    "Starting noise (batch, C, frames, h, w) in fp32 (the scheduler's arithmetic), scaled by the scheduler's init_noise_sigma: `latents` if given, else drawn with diffusers' randn_tensor (one generator, or one per video; on any device)."
+    f = self.vae_scale_factor
+    shape = (batch_size, num_channels_latents, num_frames, height // f, width // f)
+    if isinstance(generator, list) and len(generator) != batch_size: raise ValueError(f"{len(generator)} generators for {batch_size} videos: give one, or one per video")
+    if latents is None: latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+    elif tuple(latents.shape) != shape: raise ValueError(f"latents must have shape {shape} for {batch_size} videos of {num_frames} frames of {height}x{width}, got {tuple(latents.shape)}")
+    return latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+
+@patch
+def steer_latents(self: VideoBoothPipeline, prompts, shape, generator=None) -> torch.Tensor:
+    "Starting noise (videos, C, frames, h, w) from `path_noise` along the directions each video's prompt names (one generator, or one per video)."
+    noise = []
+    for i, prompt in enumerate(prompts):
+        directions = prompt_directions(prompt)
+        if not directions: raise ValueError(f"steer=True needs a prompt that names a straight motion ({', '.join(STEER_DIRECTIONS)}); {prompt!r} names none")
+        noise.append(path_noise((1, *shape[1:]), directions, generator=generator[i] if isinstance(generator, list) else generator))
+    return torch.cat(noise)
+
+@patch
+def plan_embeds(self: VideoBoothPipeline, plan, subject, image, blend: float = 2.0, adapter: bool = True) -> dict:
+    "Per-frame conditions (frames, 77, width) of a PromptPlan of several segments (prompts notebook), by guidance branch."
+    from vb_nb.prompts import plan_embeddings
+    m, img = self.model, torch.from_numpy(image)[None].permute(0, 3, 1, 2) if adapter else None
+    return {'full': plan_embeddings(plan, lambda ps: m.encode_prompts(ps, [subject] * len(ps), img, splice=True)[0], blend) if adapter else None,
+            'text': plan_embeddings(plan, lambda ps: m.encode_prompts(ps, splice=False)[0], blend),
+            'none': m.uncond_embeds().expand(plan.num_frames, -1, -1)}
+
+# %% ../nbs/09_sample.ipynb #pipe0016
+def _unet_text(names, embeds: dict, num_frames: int) -> torch.Tensor:
+    "The UNet's text for one step: the branches' conditions stacked in `names` order, per frame (each step passes this same tensor, so its K/V are cached)."
+    text = torch.cat([embeds[n] for n in names])
+    return text if embeds.get('per_frame') else text.repeat_interleave(num_frames, 0)
+
+@patch
+def denoise(self: VideoBoothPipeline, latents, names, embeds: dict, image_latents=None, generator=None, attn1='cross', posenc=None, eta=0.0,
+            adapter=True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=()):
+    "The sampling loop: every guidance branch of a step in one UNet call, combined with the pipeline's scales; callback_on_step_end(pipe, i, t, tensors) after each step may replace the tensors."
+    m, dtype, (b, nb) = self.model, self.unet.dtype, (latents.shape[0], len(names))
+    rows = torch.tensor([n == 'full' for n in names]).repeat_interleave(b)       # spliced, and injected: the full branch's videos
+    spliced, text = rows if adapter else False, _unet_text(names, embeds, latents.shape[2])
+    extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
+    cond = 'full' if adapter else 'text'
+    with m.text_kv_cache():
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt: continue
+            x = self.scheduler.scale_model_input(latents, t).to(dtype)
+            x = x.expand(nb, -1, -1, -1, -1) if b == 1 else x.repeat(nb, 1, 1, 1, 1)
+            if image_latents is not None:         # the image stream, noised to this step with fresh noise
+                noise = randn_tensor(image_latents.shape, generator=generator, device=latents.device, dtype=torch.float32).to(image_latents.dtype)
+                noisy = m.noisy_image_latents(image_latents, t[None], noise)
+                noisy = noisy if noisy.shape[0] == 1 else noisy.repeat(nb, 1, 1, 1)
+                e = m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy, attn1='inject', posenc=posenc, injected=rows)
+            else: e = m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc)
+            eps = combine_guidance(dict(zip(names, e.float().chunk(nb))), self.guidance_scale, self.image_guidance_scale)
+            latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
+            if callback_on_step_end is not None:
+                given = {'latents': latents, 'prompt_embeds': embeds[cond], 'negative_prompt_embeds': embeds.get('none')}
+                out = callback_on_step_end(self, i, t, {k: given[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                latents = out.get('latents', latents)
+                for k, branch in (('prompt_embeds', cond), ('negative_prompt_embeds', 'none')):
+                    if out.get(k) is not None and out[k] is not embeds.get(branch): embeds[branch] = out[k]; text = _unet_text(names, embeds, latents.shape[2])
+    return latents
+
+# %% ../nbs/09_sample.ipynb #pipe0017
+@patch
+def decode_latents(self: VideoBoothPipeline, latents: torch.Tensor) -> torch.Tensor:
+    "Video latents (batch, C, frames, h, w) through the VAE, frames in one batch (one by one after enable_vae_slicing): (batch, 3, frames, H, W) in [-1, 1]."
+    b, c, f, h, w = latents.shape
+    z = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) / self.vae.config.scaling_factor
+    x = self.vae.decode(z.to(self.vae.dtype)).sample
+    if not torch.isfinite(x).all(): raise FloatingPointError("the decoded video holds NaN or infinite values: lower the guidance scales or use float32")
+    return x.float().reshape(b, f, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+# %% ../nbs/09_sample.ipynb #pipe0020
+@patch
+def prepare_conditions(self: VideoBoothPipeline, names, prompts, words, images, device, num_videos_per_prompt=1, negative_prompt=None,
+                       prompt_embeds=None, negative_prompt_embeds=None, adapter=True, plan=None, blend=2.0) -> dict:
+    "The text condition of each guidance branch in `names`: 'full' (spliced), 'text' (the plain prompt) and 'none' (the negative prompt); per frame for a prompt plan."
+    m, nv = self.model, num_videos_per_prompt
+    n = len(prompts) if prompts is not None else len(prompt_embeds)
+    if plan is not None:                     # per-frame prompts: (frames, 77, width) conditions
+        if n * nv != 1: raise ValueError(f"a prompt plan is for one video, got {n * nv}")
+        return {**self.plan_embeds(plan, words[0], images[0] if adapter else None, blend, adapter), 'per_frame': True}
+    cond, neg = self.encode_prompt(prompts, images, words, device, nv, 'none' in names, negative_prompt, prompt_embeds, negative_prompt_embeds, adapter)
+    embeds = {'full' if adapter else 'text': cond, 'none': neg}
+    if 'text' in names and adapter:
+        if prompts is None: raise ValueError("image_guidance_scale needs the prompt itself (its text-only branch), not only prompt_embeds")
+        embeds['text'] = m.encode_prompts(prompts, splice=False)[0].repeat_interleave(nv, 0).to(cond.device)
+    return embeds
+
+@patch
+def prepare_image_latents(self: VideoBoothPipeline, images, n_videos: int, height, width, device, own: bool = False) -> torch.Tensor:
+    "The image prompts' VAE latents for the image stream: one row for all the videos, or with `own` one row per video (the images repeated as the prompts are)."
+    x = torch.cat([self.model.image_latents(torch.from_numpy(im)[None].permute(0, 3, 1, 2), (height, width), device=device) for im in images])
+    return x.repeat_interleave(n_videos // len(x), 0) if own else x
+
+# %% ../nbs/09_sample.ipynb #pipe0021
+@patch
+def __call__(self: VideoBoothPipeline, prompt=None, image=None, subject=None, negative_prompt=None, num_frames: int = 8, height: int|None = None,
+             width: int|None = None, num_inference_steps: int = 25, guidance_scale: float = 4.0, image_guidance_scale: float|None = None,
+             num_videos_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
+             output_type: str = 'np', return_dict: bool = True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=['latents'],
+             injection: bool = True, posenc: bool|None = None, adapter: bool = True, steer: bool = False, plan=None, blend: float = 2.0):
+    "Videos of `prompt` (one or a list) whose subject looks like `image` (one, or one per prompt); the sampling notebook explains every argument. A VideoBoothPipelineOutput, or the tuple (frames,) with return_dict=False."
+    if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)): callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+    height, width = height or self.default_size, width or self.default_size
+    self.check_inputs(prompt, image, height, width, num_frames, num_videos_per_prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                      callback_on_step_end_tensor_inputs, adapter, output_type)
+    if steer and (latents is not None or prompt is None): raise ValueError("steer=True draws the starting noise from the prompt's directions: give the prompt, and no latents")
+    with model_lock(self.model), torch.no_grad():
+        self._guidance_scale, self._image_guidance_scale, self._interrupt = guidance_scale, image_guidance_scale, False
+        m, dev, nv = self.model, self._execution_device, num_videos_per_prompt
+        names = guidance_branches(self.guidance_scale, self.image_guidance_scale, adapter)     # every branch in one UNet call per step
+        if plan is not None and plan.num_segments == 1: prompt, plan = plan.prompts[0], None
+        if plan is not None and plan.num_frames != num_frames: raise ValueError(f"the prompt plan has {plan.num_frames} frames, the video {num_frames}")
+        prompts, words = self.fit_prompts(prompt, subject, adapter) if prompt is not None else (None, None)
+        n = len(prompts) if prompts is not None else len(prompt_embeds)
+        images = self.prepare_image_prompts(image, n) if adapter else None
+        embeds = self.prepare_conditions(names, prompts, words, images, dev, nv, negative_prompt, prompt_embeds, negative_prompt_embeds, adapter, plan, blend)
+        b, f = n * nv, self.vae_scale_factor
+        shape = (b, m.unet.config.in_channels, num_frames, height // f, width // f)
+        latents = self.prepare_latents(*shape[:3], height, width, dev, generator, self.steer_latents([p for p in prompts for _ in range(nv)], shape, generator) if steer else latents)
+        stock = self.trained_stage == 'coarse' or not adapter     # the base's own frame attention: a coarse-only adapter keeps it, as does the base alone
+        own = len(images or ()) > 1 or (isinstance(generator, list) and b > 1)    # one image stream for all videos unless they differ in image or generator
+        x_img = self.prepare_image_latents(images, b, height, width, dev, own) if adapter and injection and not stock else None
+        self.scheduler.set_timesteps(num_inference_steps, device=dev)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        latents = self.denoise(latents, names, embeds, x_img, generator, 'stock' if stock else 'cross', posenc, eta, adapter,
+                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+        video = latents if output_type == 'latent' else self.video_processor.postprocess_video(self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+    return VideoBoothPipelineOutput(frames=video) if return_dict else (video,)
+
+# %% ../nbs/09_sample.ipynb #pipe0024
 @torch.no_grad()
 def decode_frames(vae, latents: torch.Tensor, output_type: str = 'np'):
     "Decode video latents (1, C, F, h, w) to frames: uint8 (F, H, W, 3) ('np'), PIL images ('pil') or float (F, 3, H, W) in [0, 1] ('pt')."
@@ -426,7 +638,7 @@ def _pipeline(model, device, motion_adapter=None, image_encoder=None, dtype=None
         return pipe
     raise TypeError(f"model must be None (the embedded toy model), a folder, a VideoBooth or a VideoBoothPipeline; got {type(model).__name__}")
 
-def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, text_guidance, image_guidance, seed):
+def check_options(pipe: VideoBoothPipeline, num_frames, height, width, num_inference_steps, guidance_scale, image_guidance_scale, seed):
     "Raise a ValueError naming the first option out of range for this model."
     m = pipe.model
     max_frames = m.unet.config.motion_max_seq_length
@@ -434,20 +646,23 @@ def check_options(pipe: VideoBoothPipeline, num_frames, height, width, steps, te
     if not (isinstance(num_frames, (int, np.integer)) and 1 <= num_frames <= max_frames): raise ValueError(f"num_frames must be an integer in [1, {max_frames}] for this model, got {num_frames!r}")
     for name, v in (('height', height), ('width', width)):
         if not (isinstance(v, (int, np.integer)) and v >= mult and v % mult == 0): raise ValueError(f"{name} must be a positive multiple of {mult} pixels for this model, got {v!r}")
-    if not (isinstance(steps, (int, np.integer)) and 1 <= steps <= m.noise_scheduler.config.num_train_timesteps): raise ValueError(f"steps must be an integer in [1, {m.noise_scheduler.config.num_train_timesteps}], got {steps!r}")
-    for name, v in (('text_guidance', text_guidance), ('image_guidance', image_guidance)):
+    top = m.noise_scheduler.config.num_train_timesteps
+    if not (isinstance(num_inference_steps, (int, np.integer)) and 1 <= num_inference_steps <= top): raise ValueError(f"num_inference_steps must be an integer in [1, {top}], got {num_inference_steps!r}")
+    for name, v in (('guidance_scale', guidance_scale), ('image_guidance_scale', image_guidance_scale)):
+        if name == 'image_guidance_scale' and v is None: continue                 # one scale for both
         if not (isinstance(v, (int, float)) and np.isfinite(v) and 0 <= v <= 50): raise ValueError(f"{name} must be a number in [0, 50], got {v!r}")
     if not (isinstance(seed, (int, np.integer)) and seed >= 0): raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
+# %% ../nbs/09_sample.ipynb #pipe0025
 def generate(image, prompt: str, subject: str|None = None, model=None, num_frames: int = 8, height: int = 64, width: int = 64,
-             steps: int = 25, text_guidance: float = 4.0, image_guidance: float = 2.0, seed: int = 0, injection: bool = True,
-             posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback=None,
+             num_inference_steps: int = 25, guidance_scale: float = 4.0, image_guidance_scale: float|None = 2.0, seed: int = 0, injection: bool = True,
+             posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback_on_step_end=None,
              adapter: bool = True, steer: bool = False, motion_adapter=None, image_encoder=None, dtype=None, output_type: str = 'video'):
-    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise); motion_adapter, image_encoder: the AnimateDiff and CLIP vision folders (or hub ids) that go with a Stable-Diffusion-style `model`; dtype: 'bf16', 'fp16' or 'fp32'; output_type 'video' (a Video) or the pipeline's ('np', 'pil', 'pt')."
+    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; guidance_scale for the text, image_guidance_scale for the image (None: guidance_scale for both, two branches); adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise); motion_adapter, image_encoder: the AnimateDiff and CLIP vision folders (or hub ids) that go with a Stable-Diffusion-style `model`; dtype: 'bf16', 'fp16' or 'fp32'; output_type 'video' (a Video) or the pipeline's ('np', 'pil', 'pt', 'latent': its batched frames)."
     from vb_nb.prompts import plan_prompts
     if output_type not in ('video', *OUTPUT_TYPES): raise ValueError(f"output_type must be 'video' or one of {OUTPUT_TYPES}, got {output_type!r}")
     pipe = _pipeline(model, check_device(device), motion_adapter, image_encoder, dtype)
-    check_options(pipe, num_frames, height, width, steps, text_guidance, image_guidance, seed)
+    check_options(pipe, num_frames, height, width, num_inference_steps, guidance_scale, image_guidance_scale, seed)
     check_limits(pipe, height, width, seed)
     prompt, subject = fit_prompt(prompt, subject, pipe.model.tokenizer)
     if image is None and adapter: raise ValueError("no image prompt: pass an image (path, PIL image or array), or adapter=False for the text-to-video base alone")
@@ -458,11 +673,12 @@ def generate(image, prompt: str, subject: str|None = None, model=None, num_frame
         if isinstance(scheduler, type): scheduler = scheduler.from_config(pipe.scheduler.config)
         pipe = VideoBoothPipeline.from_model(pipe.model, scheduler)
     pipe.set_progress_bar_config(disable=not progress, desc='denoising', leave=False)
-    g = seed_everything(seed)
-    frames = pipe(img, prompt, subject, num_frames, height, width, steps, float(text_guidance), float(image_guidance), g, injection, posenc, plan=plan,
-                  callback=callback, adapter=adapter, steer=steer, output_type='np' if output_type == 'video' else output_type)
+    frames = pipe(prompt, image=img, subject=subject, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                  guidance_scale=float(guidance_scale), image_guidance_scale=None if image_guidance_scale is None else float(image_guidance_scale),
+                  generator=seed_everything(seed), injection=injection, posenc=posenc, plan=plan, callback_on_step_end=callback_on_step_end,
+                  adapter=adapter, steer=steer, output_type='np' if output_type == 'video' else output_type).frames
     if output_type != 'video': return frames
-    video = Video(frames, fps)
+    video = Video(as_uint8(frames[0]), fps)
     video.plan = plan
     return video
 
@@ -517,9 +733,10 @@ def main(argv=None):
     ap.add_argument('--image-encoder', default=None, help='CLIP vision model folder or hub id, for a Stable-Diffusion-style --model')
     ap.add_argument('--adapter', default=None, help='trained VideoBooth adapter folder (default: the model folder\'s own)')
     ap.add_argument('--dtype', default='float32', choices=sorted(DTYPES), help='weights and UNet dtype (bf16 halves the memory on a GPU)')
-    ap.add_argument('--frames', type=int, default=8); ap.add_argument('--height', type=int, default=64); ap.add_argument('--width', type=int, default=64)
-    ap.add_argument('--steps', type=int, default=25); ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--text-guidance', type=float, default=4.0); ap.add_argument('--image-guidance', type=float, default=2.0)
+    ap.add_argument('--num-frames', type=int, default=8); ap.add_argument('--height', type=int, default=64); ap.add_argument('--width', type=int, default=64)
+    ap.add_argument('--num-inference-steps', type=int, default=25); ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--guidance-scale', type=float, default=4.0, help='the text guidance scale')
+    ap.add_argument('--image-guidance-scale', type=float, default=2.0, help='the image guidance scale (equal to --guidance-scale: two branches, cheaper)')
     ap.add_argument('--no-injection', action='store_true', help='coarse embeddings only: no image injection into attention')
     ap.add_argument('--no-posenc', action='store_true', help='switch the position encoding off')
     ap.add_argument('--no-adapter', action='store_true', help='the text-to-video base alone: no image prompt, no VideoBooth weights')
@@ -535,7 +752,7 @@ def main(argv=None):
         warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
         try:
             model = load_model(a.model, a.motion_adapter, a.image_encoder, a.adapter, device=device, dtype=a.dtype) if a.adapter is not None else a.model
-            v = generate(image, a.prompt, a.subject, model, a.frames, a.height, a.width, a.steps, a.text_guidance, a.image_guidance, a.seed,
+            v = generate(image, a.prompt, a.subject, model, a.num_frames, a.height, a.width, a.num_inference_steps, a.guidance_scale, a.image_guidance_scale, a.seed,
                          injection=not a.no_injection, posenc=False if a.no_posenc else None, refine=None if a.refine == 'none' else a.refine, device=device,
                          adapter=not a.no_adapter, steer=a.steer, **({} if a.adapter is not None else dict(motion_adapter=a.motion_adapter, image_encoder=a.image_encoder, dtype=a.dtype)))
             path = v.save(out)

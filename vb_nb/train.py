@@ -800,12 +800,12 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: 
         if stage in ('base', 'motion_text'):
             device = next(model.unet.parameters()).device
             vb = VideoBooth(copy.deepcopy(model.unet), model.vae, model.text_encoder, model.tokenizer, load_image_encoder(), model.noise_scheduler).to(device)
-            opts = dict(image_guidance=0.0, injection=False)
+            opts = dict(image_guidance_scale=0.0, injection=False)
         else:
             vb, opts = model, {}
             if stage == 'coarse': model.adapter.register_to_config(trained_stage='coarse')   # the sampler's attention for a coarse adapter, as train_stage marks it
         was = model.training
-        try: video = generate(image, prompt, model=vb.eval(), steps=steps, refine=None, progress=False, num_frames=num_frames, height=size, width=size, **opts)
+        try: video = generate(image, prompt, model=vb.eval(), num_inference_steps=steps, refine=None, progress=False, num_frames=num_frames, height=size, width=size, **opts)
         finally: model.train(was)
         path = Path(out_dir)/'samples'/f'step_{step:07d}.gif'
         path.parent.mkdir(parents=True, exist_ok=True)
