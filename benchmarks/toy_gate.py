@@ -102,17 +102,20 @@ def encode_frames(vae, frames, batch: int = 256):
     return torch.cat(out)
 
 def cache(world: str, n_clips: int, per_clip: int):
-    "Latents, caption states, pooled states and the empty caption's, encoded once and kept in outputs/gate/cache_*.pt."
+    "Latents, subject masks at the latents' size, caption states, pooled states and the empty caption's, encoded once and kept in outputs/gate/cache_*.pt."
     from vb_nb.core import outputs_dir, atomic_path
     path = outputs_dir()/'gate'/f'cache_{world}_{n_clips}x{per_clip}.pt'
-    if path.exists(): return torch.load(path, weights_only=True)
+    if path.exists():
+        c = torch.load(path, weights_only=True)
+        if 'masks' in c: return c                       # caches written before the masks were kept are made again
     t0 = time.time()
-    frames, _, captions = training_frames(world, n_clips, per_clip)
+    frames, masks, captions = training_frames(world, n_clips, per_clip)
     vae, text, tok = frozen_parts()
     lat = encode_frames(vae, frames)
     states, pooled = encode_captions(text, tok, captions)
     null_s, null_p = encode_captions(text, tok, [''])
-    c = dict(latents=lat, states=states.half(), pooled=pooled, null_states=null_s[0], null_pooled=null_p[0])
+    m = F.max_pool2d(torch.from_numpy(masks).float()[:, None], 4)        # a latent cell is the subject's if any of its pixels is
+    c = dict(latents=lat, masks=m.bool(), states=states.half(), pooled=pooled, null_states=null_s[0], null_pooled=null_p[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp: torch.save(c, tmp)
     print(f"cached {len(lat)} frames of {n_clips} clips in {time.time() - t0:.0f} s -> {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}")
@@ -147,7 +150,7 @@ def cpu_seconds() -> float: return time.process_time() / THREADS
 
 def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: int = 4000, per_clip: int = 2, batch: int = 64,
           lr: float = 1e-3, dropout: float = 0.1, gamma: float = 5.0, ema: float = 0.999, save_at=(10, 20, 30), fresh: bool = False, seed: int = 0,
-          match: str|None = None):
+          match: str|None = None, subject_weight: float = 0.0):
     """Train a candidate base for `minutes` of 2-thread CPU time; keep its weights (and their EMA) at each of `save_at` minutes.
     With `match`, the name of a finished run of the same UNet and batch, train the steps that run took instead: the same
     work, whatever else the machine is doing meanwhile (CPU time is inflated when other processes share the cores)."""
@@ -164,7 +167,7 @@ def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: in
             if ref['config'][k] != locals()[k]: raise SystemExit(f"--match {match}: its {k} is {ref['config'][k]}, not {locals()[k]}")
         steps_at = {float(k.rsplit('_', 1)[1]): v for k, v in ref['steps_at'].items()}
         minutes, save_at = max(steps_at), sorted(steps_at)
-    config = dict(world=world, minutes=minutes, match=match, n_clips=n_clips, per_clip=per_clip, batch=batch, lr=lr, dropout=dropout, gamma=gamma,
+    config = dict(world=world, minutes=minutes, match=match, **({'subject_weight': subject_weight} if subject_weight else {}), n_clips=n_clips, per_clip=per_clip, batch=batch, lr=lr, dropout=dropout, gamma=gamma,
                   ema=ema, save_at=list(save_at), seed=seed, threads=THREADS)
     cfg_path = out/'config.json'
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:
@@ -198,7 +201,8 @@ def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: in
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         pred = unet(xt, t, states, added_cond_kwargs=added(pooled)).sample
-        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * min_snr_weights(sched, t, gamma)).mean()
+        w = 1 + subject_weight * c['masks'][idx].float()                 # the subject's cells weighted (1 + subject_weight)
+        loss = ((((pred - noise) ** 2) * w).mean((1, 2, 3)) / w.mean((1, 2, 3)) * min_snr_weights(sched, t, gamma)).mean()
         opt.zero_grad(set_to_none=True); loss.backward(); torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0); opt.step()
         with torch.no_grad():
             d = min(ema, (1 + state['step']) / (10 + state['step']))
@@ -363,12 +367,13 @@ def main(argv=None):
     t.add_argument('--minutes', type=float, default=30); t.add_argument('--clips', type=int, default=4000); t.add_argument('--per-clip', type=int, default=2)
     t.add_argument('--batch', type=int, default=64); t.add_argument('--lr', type=float, default=1e-3); t.add_argument('--save-at', type=float, nargs='+', default=[10, 20, 30])
     t.add_argument('--fresh', action='store_true')
+    t.add_argument('--subject-weight', type=float, default=0.0, help="weight the subject's latent cells (1 + this) in the loss")
     t.add_argument('--match', default=None, help='train as many steps as this finished run (same UNet and batch), saving at its steps')
     d = sub.add_parser('decoder'); d.add_argument('--world', choices=list(WORLDS), default='textured'); d.add_argument('--steps', type=int, default=400)
     e = sub.add_parser('eval'); e.add_argument('--name', required=True); e.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     a = ap.parse_args(argv)
     if a.cmd == 'train':
-        train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match)
+        train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match, subject_weight=a.subject_weight)
     elif a.cmd == 'decoder': finetune_decoder(a.world, a.steps)
     else: evaluate(a.name, a.seeds)
 
