@@ -1,6 +1,6 @@
 "Failure injection for video I/O: every broken file gives one clear error naming it."
 import numpy as np, pytest
-from vb_nb.core import read_video, video_info, write_video, VideoReadError, Video
+from vb_nb.core import read_video, video_info, write_video, VideoReadError, Video, TEMP_PREFIX
 
 
 @pytest.fixture
@@ -61,9 +61,9 @@ def test_a_killed_write_is_swept_by_the_next_one_and_a_live_one_is_not(tmp_path,
         for w in writers: assert w.stdout.readline() == 'writing\n'
         writers[0].send_signal(signal.SIGKILL); writers[0].wait()              # killed mid-write: no cleanup ran
         temps = sorted(p.name for p in out.iterdir())
-        assert len(temps) == 2 and all(n.startswith(('.dead.mp4.', '.live.mp4.')) and n.endswith('.mp4') for n in temps)
+        assert len(temps) == 2 and all(n.startswith(TEMP_PREFIX) and n.endswith(('.dead.mp4', '.live.mp4')) for n in temps)
         write_video(v, out/'next.mp4')                                           # the next write into the folder
         left = sorted(p.name for p in out.iterdir())
-        assert left == sorted([n for n in temps if n.startswith('.live')] + ['next.mp4']), left   # the live write's temporary stays
+        assert left == sorted([n for n in temps if n.endswith('.live.mp4')] + ['next.mp4']), left   # the live write's temporary stays
     finally:
         for w in writers: w.kill(); w.wait()
