@@ -14,10 +14,10 @@ Columns:
   `text/html` (how `show_video` and matplotlib animations display). Pictures in markdown (`![...]`) do not count.
 
 Absolute paths are looked for in the notebooks (sources and outputs), the package, `benchmarks/` (results
-included), `tests/` and `README.md`: the folder that holds the repo, `/home/`, `/root/`, `/tmp/`, `/work/`,
-`/Users/`, `/mnt/`, `/content/`, `C:\\`. Left out: a line of code that makes a temporary folder (`tempfile`,
-`mkdtemp`, `TemporaryDirectory`, `tmp_path`), and in a cell's output the temporary folders such code made (`/tmp/tmp`
-and eight characters, as `tempfile` names them): they exist only while the cell runs.
+included), `tests/` and `README.md`: the folder that holds the repo, a machine's top-level folders (`_ROOTS`:
+home, root, tmp, work, Users, mnt, content) and Windows drives. Left out: a line of code that makes a temporary
+folder (`tempfile`, `mkdtemp`, `TemporaryDirectory`, `tmp_path`), and in a cell's output the temporary folders such
+code made (`tmp` and eight characters, as `tempfile` names them): they exist only while the cell runs.
 """
 from __future__ import annotations
 import argparse, json, re, statistics, sys
@@ -30,8 +30,8 @@ LIMITS = dict(max_lines=40, median=8, pics=3, words=2000, index_words=800)
 
 _IMG_MIMES = ('image/png', 'image/jpeg', 'image/gif', 'image/svg+xml')
 _HTML_PIC = re.compile(r'<(img|video)\b', re.I)
-_ABS = [r'/home/', r'/root/', r'/tmp/', r'/work/', r'/Users/', r'/mnt/', r'/content/',
-        r'[A-Za-z]:\\\\']
+_ROOTS = ('home', 'root', 'tmp', 'work', 'Users', 'mnt', 'content')      # top folders of machines, as /NAME/
+_ABS = [f'/{name}/' for name in _ROOTS] + [r'[A-Za-z]:\\\\']
 _ABS_RE = re.compile('|'.join([re.escape(str(REPO)), *_ABS]))
 
 
@@ -41,7 +41,7 @@ def _use_repo(repo):
     REPO = Path(repo).resolve(); NBS = REPO/'nbs'
     _ABS_RE = re.compile('|'.join([re.escape(str(REPO)), *_ABS]))
 _TEMP_OK = re.compile(r'tempfile|mkdtemp|TemporaryDirectory|tmp_path|gettempdir')
-_TEMP_DIR = re.compile(r'/tmp/tmp\w{8}(?=[/\'"\s)]|$)')
+_TEMP_DIR = re.compile('/' + 'tmp' + r'/tmp\w{8}(?=[/\'"\s)]|$)')   # a folder tempfile made (spelt so this file names no machine path)
 
 
 def _src(cell):

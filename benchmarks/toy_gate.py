@@ -15,7 +15,7 @@ Training resumes from its last checkpoint when started again with the same comma
 Weights go to outputs/gate/NAME (not committed), results to benchmarks/results/gate/NAME.json.
 """
 from __future__ import annotations
-import argparse, copy, json, math, os, sys, time
+import argparse, copy, functools, json, math, os, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,14 @@ WORLDS = {   # name -> (flat backgrounds?, subject size factor)
 }
 
 # ---------------------------------------------------------------- the world
+@functools.lru_cache(maxsize=None)
+def _mean_colour(kind: str) -> tuple:
+    "The mean colour of one textured background of `kind` (seed 0), worked out once per kind."
+    return tuple(_TEXTURED(kind, 64, 64, 0).reshape(-1, 3).mean(0).round().astype(np.uint8))
+
 def flat_background(kind: str, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
     "The textured background's mean colour, flat: a simpler toyworld whose backgrounds carry no texture to learn."
-    mean = _TEXTURED(kind, 64, 64, 0).reshape(-1, 3).mean(0)
-    return np.broadcast_to(mean.round().astype(np.uint8), (height, width, 3)).copy()
+    return np.broadcast_to(np.array(_mean_colour(kind), np.uint8), (height, width, 3)).copy()
 
 from vb_nb import toyworld as _tw
 _TEXTURED, _RANDOM_SPEC = _tw.render_background, _tw.random_spec
