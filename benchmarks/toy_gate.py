@@ -33,34 +33,14 @@ WORLDS = {   # name -> (flat backgrounds?, subject size factor)
 }
 
 # ---------------------------------------------------------------- the world
-@functools.lru_cache(maxsize=None)
-def _mean_colour(kind: str) -> tuple:
-    "The mean colour of one textured background of `kind` (seed 0), worked out once per kind."
-    return tuple(_TEXTURED(kind, 64, 64, 0).reshape(-1, 3).mean(0).round().astype(np.uint8))
-
-def flat_background(kind: str, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
-    "The textured background's mean colour, flat: a simpler toyworld whose backgrounds carry no texture to learn."
-    return np.broadcast_to(np.array(_mean_colour(kind), np.uint8), (height, width, 3)).copy()
-
 from vb_nb import toyworld as _tw
-_TEXTURED, _RANDOM_SPEC = _tw.render_background, _tw.random_spec
-
-def _scaled_spec(factor):
-    "random_spec with the subject `factor` times larger, its path placed again so that it stays in the frame."
-    from dataclasses import replace
-    def random_spec(seed, split='train', index=0, n_frames=24, height=64, width=64, fps=8.0, compound_frac=1/3):
-        spec, caption = _RANDOM_SPEC(seed, split, index, n_frames, height, width, fps, compound_frac)
-        rng = np.random.default_rng([int(seed), _tw.SPLITS[split], int(index), 7])
-        x0, y0, r, speed = _tw.place_path(spec.motions, n_frames, spec.radius * factor, spec.speed, rng, height, width)
-        return replace(spec, x0=x0, y0=y0, radius=r, speed=speed), caption
-    return random_spec
+_RANDOM_SPEC = _tw.random_spec
 
 def use_world(world: str):
-    "Make toyworld render `world` (render_clip and benchmark_prompts look these functions up at call time)."
+    "Make toyworld draw `world`'s clips (toyworld's own options; render_clip and benchmark_prompts look random_spec up at call time)."
     if world not in WORLDS: raise ValueError(f"unknown world {world!r}; choose from {list(WORLDS)}")
     flat, factor = WORLDS[world]
-    _tw.render_background = flat_background if flat else _TEXTURED
-    _tw.random_spec = _scaled_spec(factor) if factor != 1 else _RANDOM_SPEC
+    _tw.random_spec = functools.partial(_RANDOM_SPEC, subject_scale=factor, flat_background=flat)
 
 def training_frames(world: str, n_clips: int, per_clip: int, seed: int = 0):
     "uint8 frames (N, 64, 64, 3), subject masks (N, 64, 64), one caption per frame (its clip's), from the train split."
@@ -126,18 +106,24 @@ def cache(world: str, n_clips: int, per_clip: int):
     return c
 
 # ---------------------------------------------------------------- the candidate base
-def build_base(width: int = 64, channels=(32, 64), seed: int = 0):
-    "A text-to-image UNet2DConditionModel: text cross-attention at the top level, and the pooled caption added to the time embedding (SDXL's 'text_time', which UNetMotionModel.from_unet2d keeps)."
+POOLS = ('eos', 'all', 'none')   # the caption's pooled state: mean up to its end token, mean over all 77 states, or none
+
+def build_base(width: int = 64, channels=(32, 64), seed: int = 0, pool: str = 'eos'):
+    "A text-to-image UNet2DConditionModel: text cross-attention at the top level, and (unless pool='none') the pooled caption added to the time embedding (SDXL's 'text_time', which UNetMotionModel.from_unet2d keeps)."
     from diffusers import UNet2DConditionModel
     torch.manual_seed(seed)
+    extra = {} if pool == 'none' else dict(addition_embed_type='text_time', addition_time_embed_dim=8, projection_class_embeddings_input_dim=width + 8)
     return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels), layers_per_block=1,
                                 down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
-                                cross_attention_dim=width, attention_head_dim=(16, 16), norm_num_groups=8,
-                                addition_embed_type='text_time', addition_time_embed_dim=8, projection_class_embeddings_input_dim=width + 8)
+                                cross_attention_dim=width, attention_head_dim=(16, 16), norm_num_groups=8, **extra)
+
+def pooled_of(states, pooled_eos, pool: str):
+    "The pooled caption the UNet gets: the cached mean up to the end token, the mean of all states, or None."
+    return {'eos': pooled_eos, 'all': None if states is None else states.float().mean(1), 'none': None}[pool]
 
 def added(pooled):
-    "The UNet's added conditions: the pooled caption and one constant 'time id'."
-    return dict(text_embeds=pooled, time_ids=torch.zeros(len(pooled), 1))
+    "The UNet's added conditions as keyword arguments: the pooled caption and one constant 'time id' (none without a pooled caption)."
+    return {} if pooled is None else dict(added_cond_kwargs=dict(text_embeds=pooled, time_ids=torch.zeros(len(pooled), 1)))
 
 def noise_scheduler():
     from vb_nb.model import sd_noise_scheduler
@@ -154,7 +140,7 @@ def cpu_seconds() -> float: return time.process_time() / THREADS
 
 def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: int = 4000, per_clip: int = 2, batch: int = 64,
           lr: float = 1e-3, dropout: float = 0.1, gamma: float = 5.0, ema: float = 0.999, save_at=(10, 20, 30), fresh: bool = False, seed: int = 0,
-          match: str|None = None, subject_weight: float = 0.0):
+          match: str|None = None, subject_weight: float = 0.0, pool: str = 'eos'):
     """Train a candidate base for `minutes` of 2-thread CPU time; keep its weights (and their EMA) at each of `save_at` minutes.
     With `match`, the name of a finished run of the same UNet and batch, train the steps that run took instead: the same
     work, whatever else the machine is doing meanwhile (CPU time is inflated when other processes share the cores)."""
@@ -171,14 +157,14 @@ def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: in
             if ref['config'][k] != locals()[k]: raise SystemExit(f"--match {match}: its {k} is {ref['config'][k]}, not {locals()[k]}")
         steps_at = {float(k.rsplit('_', 1)[1]): v for k, v in ref['steps_at'].items()}
         minutes, save_at = max(steps_at), sorted(steps_at)
-    config = dict(world=world, minutes=minutes, match=match, **({'subject_weight': subject_weight} if subject_weight else {}), n_clips=n_clips, per_clip=per_clip, batch=batch, lr=lr, dropout=dropout, gamma=gamma,
+    config = dict(world=world, minutes=minutes, match=match, **({'subject_weight': subject_weight} if subject_weight else {}), **({'pool': pool} if pool != 'eos' else {}), n_clips=n_clips, per_clip=per_clip, batch=batch, lr=lr, dropout=dropout, gamma=gamma,
                   ema=ema, save_at=list(save_at), seed=seed, threads=THREADS)
     cfg_path = out/'config.json'
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:
         raise SystemExit(f"{out.name} was started with another configuration ({cfg_path.read_text()}): use --fresh or another --name")
     cfg_path.write_text(json.dumps(config, indent=1))
     c = cache(world, n_clips, per_clip)
-    unet, sched = build_base(c['states'].shape[-1], seed=seed), noise_scheduler()
+    unet, sched = build_base(c['states'].shape[-1], seed=seed, pool=pool), noise_scheduler()
     avg = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     state = dict(step=0, seconds=0.0, losses=[], saved=[])
@@ -204,7 +190,7 @@ def train(name: str, world: str = 'textured', minutes: float = 30.0, n_clips: in
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
-        pred = unet(xt, t, states, added_cond_kwargs=added(pooled)).sample
+        pred = unet(xt, t, states, **added(pooled_of(states, pooled, pool))).sample
         w = 1 + subject_weight * c['masks'][idx].float()                 # the subject's cells weighted (1 + subject_weight)
         loss = ((((pred - noise) ** 2) * w).mean((1, 2, 3)) / w.mean((1, 2, 3)) * min_snr_weights(sched, t, gamma)).mean()
         opt.zero_grad(set_to_none=True); loss.backward(); torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0); opt.step()
@@ -260,7 +246,7 @@ def finetune_decoder(world: str = 'textured', steps: int = 400, batch: int = 16,
 
 # ---------------------------------------------------------------- measuring with the benchmark's oracle
 @torch.no_grad()
-def draw(unet, states, pooled, null_s, null_p, seeds, steps: int = 25, guidance: float = 4.0):
+def draw(unet, states, pooled, null_s, null_p, seeds, steps: int = 25, guidance: float = 4.0, pool: str = 'eos'):
     "DDIM samples (len(seeds) * N, 4, 16, 16) of each conditioning for each seed, classifier-free guidance `guidance`."
     from diffusers import DDIMScheduler
     sched = DDIMScheduler.from_config(noise_scheduler().config); sched.set_timesteps(steps)
@@ -269,7 +255,7 @@ def draw(unet, states, pooled, null_s, null_p, seeds, steps: int = 25, guidance:
     S, P = states.repeat(len(seeds), 1, 1), pooled.repeat(len(seeds), 1)
     cond_s = torch.cat([S, null_s.expand_as(S)]); cond_p = torch.cat([P, null_p.expand_as(P)])
     for t in sched.timesteps:
-        e = unet(torch.cat([x, x]), t, cond_s, added_cond_kwargs=added(cond_p)).sample
+        e = unet(torch.cat([x, x]), t, cond_s, **added(pooled_of(cond_s, cond_p, pool))).sample
         ec, eu = e.chunk(2)
         x = sched.step(eu + guidance * (ec - eu), t, x).prev_sample
     return x
@@ -337,7 +323,7 @@ def evaluate(name: str, seeds=(0, 1, 2), n_prompts: int = 24, decoders=('shipped
         t0 = time.time()
         r = {}
         for kind, (s, p) in enc.items():
-            lat = draw(unet, s, p, null_s, null_p, seeds)
+            lat = draw(unet, s, p, null_s, null_p, seeds, pool=log['config'].get('pool', 'eos'))
             for dk, dv in vaes.items():
                 rows = [dict(m, seed=sd, prompt=i) for (sd, i), m in zip([(sd, i) for sd in seeds for i in range(n_prompts)],
                                                                          oracle(decode(dv, lat), specs * len(seeds)))]
@@ -372,12 +358,13 @@ def main(argv=None):
     t.add_argument('--batch', type=int, default=64); t.add_argument('--lr', type=float, default=1e-3); t.add_argument('--save-at', type=float, nargs='+', default=[10, 20, 30])
     t.add_argument('--fresh', action='store_true')
     t.add_argument('--subject-weight', type=float, default=0.0, help="weight the subject's latent cells (1 + this) in the loss")
+    t.add_argument('--pool', choices=POOLS, default='eos', help="the caption's pooled state in the time embedding: mean up to the end token, mean of all 77 states, or none")
     t.add_argument('--match', default=None, help='train as many steps as this finished run (same UNet and batch), saving at its steps')
     d = sub.add_parser('decoder'); d.add_argument('--world', choices=list(WORLDS), default='textured'); d.add_argument('--steps', type=int, default=400)
     e = sub.add_parser('eval'); e.add_argument('--name', required=True); e.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     a = ap.parse_args(argv)
     if a.cmd == 'train':
-        train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match, subject_weight=a.subject_weight)
+        train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match, subject_weight=a.subject_weight, pool=a.pool)
     elif a.cmd == 'decoder': finetune_decoder(a.world, a.steps)
     else: evaluate(a.name, a.seeds)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_toyworld.ipynb #ac8f0c47
 from __future__ import annotations
-import csv, json, math, re, time
+import csv, functools, json, math, re, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -16,10 +16,10 @@ from .core import atomic_path, write_video, data_dir
 __all__ = ['CATEGORIES', 'COLOURS', 'PATTERNS', 'PATTERN_WORDS', 'BACKGROUNDS', 'APPEARANCES', 'HELDOUT_APPEARANCES',
            'TRAIN_APPEARANCES', 'MOTIONS', 'TRANSLATIONS', 'COMPOUND_MOTIONS', 'SHAPES', 'SHAPE_EXTENT', 'SPLITS',
            'WEBVID_COLUMNS', 'CLIPS_PER_PAGE', 'is_heldout', 'appearance_name', 'Motion', 'motion_name', 'parse_motion',
-           'motion_segments', 'trajectory', 'pattern_mask', 'render_background', 'ClipSpec', 'clip_states',
-           'render_clip', 'masks_to_boxes', 'place_path', 'make_caption', 'split_appearances', 'clip_rng',
-           'random_spec', 'video_id', 'page_dir', 'iso_duration', 'clip_record', 'make_corpus', 'read_webvid_csv',
-           'load_ground_truth', 'clip_masks', 'main']
+           'motion_segments', 'trajectory', 'pattern_mask', 'render_background', 'flat_colour', 'ClipSpec',
+           'clip_states', 'render_clip', 'masks_to_boxes', 'place_path', 'make_caption', 'split_appearances',
+           'clip_rng', 'random_spec', 'video_id', 'page_dir', 'iso_duration', 'clip_record', 'make_corpus',
+           'read_webvid_csv', 'load_ground_truth', 'clip_masks', 'main']
 
 # %% ../nbs/02_toyworld.ipynb #887dbeed
 CATEGORIES = ('ball', 'star', 'box', 'ring', 'heart', 'cross')
@@ -194,9 +194,10 @@ def _smooth_noise(rng, h, w, cells):
     return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
 
 # %% ../nbs/02_toyworld.ipynb #19a1bb01
-def render_background(kind: str, height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
-    "A (height, width, 3) uint8 background of `kind` (see BACKGROUNDS), a pure function of `seed`."
+def render_background(kind: str, height: int = 64, width: int = 64, seed: int = 0, flat: bool = False) -> np.ndarray:
+    "A (height, width, 3) uint8 background of `kind` (see BACKGROUNDS), a pure function of `seed`; `flat`: in `flat_colour(kind)`."
     if kind not in BACKGROUNDS: raise ValueError(f"unknown background {kind!r}; choose from {', '.join(BACKGROUNDS)}")
+    if flat: return np.broadcast_to(np.array(flat_colour(kind), np.uint8), (height, width, 3)).copy()
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
     n = _smooth_noise(rng, height, width, 4)[..., None]
@@ -222,6 +223,12 @@ def render_background(kind: str, height: int = 64, width: int = 64, seed: int = 
         img = np.array([45, 100, 150]) * (0.9 + 0.1 * ripples + 0.1 * n)
     return np.clip(img, 0, 255).round().astype(np.uint8)
 
+# %% ../nbs/02_toyworld.ipynb #flatcol1
+@functools.lru_cache(maxsize=None)
+def flat_colour(kind: str) -> tuple:
+    "The colour of a flat background of `kind`: the mean of its textured one (seed 0, 64 px)."
+    return tuple(int(v) for v in render_background(kind, 64, 64, 0).reshape(-1, 3).mean(0).round())
+
 # %% ../nbs/02_toyworld.ipynb #3876f33d
 @dataclass
 class ClipSpec:
@@ -241,6 +248,7 @@ class ClipSpec:
     height: int = 64
     width: int = 64
     fps: float = 8.0
+    flat_background: bool = False   # the background in its kind's flat colour (a simpler world: our addition)
 
     def __post_init__(self):
         self.motions = parse_motion(self.motions) if isinstance(self.motions, str) else tuple(self.motions)
@@ -270,7 +278,7 @@ def clip_states(spec: ClipSpec) -> np.ndarray:
 def render_clip(spec: ClipSpec, supersample: int = 2):
     "Draw a clip: (frames uint8 (F,H,W,3), boxes float32 (F,4) x1,y1,x2,y2, masks bool (F,H,W))."
     H, W, ss, F = spec.height, spec.width, supersample, spec.n_frames
-    bg = render_background(spec.background, H, W, spec.bg_seed)
+    bg = render_background(spec.background, H, W, spec.bg_seed, spec.flat_background)
     frames, masks = np.repeat(bg[None], F, 0), np.zeros((F, H, W), bool)
     base = np.array(COLOURS[spec.colour], np.float32)
     palette = np.stack([base, 0.2 * base + 0.8 * 255, 0.4 * base])       # body, pattern, dark rim
@@ -355,15 +363,15 @@ def split_appearances(split: str) -> tuple:
     return HELDOUT_APPEARANCES if split == 'heldout' else TRAIN_APPEARANCES
 
 # %% ../nbs/02_toyworld.ipynb #1f05a101
-def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    "The generator that decides clip `index` of `split` for corpus `seed`."
+def clip_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+    "The generator that decides clip `index` of `split` for corpus `seed` (`stream`: another, independent one)."
     split_appearances(split)
-    return np.random.default_rng([int(seed), SPLITS[split], int(index)])
+    return np.random.default_rng([int(seed), SPLITS[split], int(index), *map(int, stream)])
 
 # %% ../nbs/02_toyworld.ipynb #1f05a102
 def random_spec(seed: int, split: str = 'train', index: int = 0, n_frames: int = 24, height: int = 64,
-                width: int = 64, fps: float = 8.0, compound_frac: float = 1/3):
-    "The (spec, caption) of clip `index` of a corpus: a pure function of the arguments."
+                width: int = 64, fps: float = 8.0, compound_frac: float = 1/3, subject_scale: float = 1.0, flat_background: bool = False):
+    "The (spec, caption) of clip `index` of a corpus: a pure function of the arguments (`subject_scale`, `flat_background`: a simpler world)."
     apps = split_appearances(split)
     rng = clip_rng(seed, split, index)
     colour, pattern = apps[int(rng.integers(len(apps)))]
@@ -374,9 +382,12 @@ def random_spec(seed: int, split: str = 'train', index: int = 0, n_frames: int =
     radius = float(rng.uniform(0.14, 0.21))
     if 'grow' in motions: radius *= 0.7
     x0, y0, radius, speed = place_path(motions, n_frames, radius, float(rng.uniform(0.8, 1.2)), rng, height, width)
+    if subject_scale != 1:      # placed again with a generator of its own: the other draws, and the caption, stay as they are
+        x0, y0, radius, speed = place_path(motions, n_frames, radius * subject_scale, speed, clip_rng(seed, split, index, 7), height, width)
     spec = ClipSpec(category, colour, pattern, background, motions, x0, y0, radius,
                     angle0=float(rng.uniform(-20, 20)) if category != 'box' else 0.0, speed=speed,
-                    bg_seed=int(rng.integers(2**31)), n_frames=n_frames, height=height, width=width, fps=fps)
+                    bg_seed=int(rng.integers(2**31)), n_frames=n_frames, height=height, width=width, fps=fps,
+                    flat_background=flat_background)
     return spec, make_caption(spec, rng)
 
 # %% ../nbs/02_toyworld.ipynb #3efbd148
