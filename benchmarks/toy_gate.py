@@ -338,6 +338,68 @@ def evaluate(name: str, seeds=(0, 1, 2), n_prompts: int = 24, decoders=('shipped
     print(f"wrote benchmarks/results/gate/{name}.json")
     return res
 
+# ---------------------------------------------------------------- the motion stage on a candidate base
+def image_stage_folder(run: str, ckpt: str) -> Path:
+    "A gate run's saved UNet as the image stage writes its result (the UNet, its noise schedule and text layers), for the motion stage to start from."
+    import shutil
+    from vb_nb.core import outputs_dir, atomic_folder
+    from vb_nb.clip import TEXT_LAYERS_FILE
+    import vb_nb
+    out = outputs_dir()/'gate'/f'{run}_{ckpt}_as_image_stage'
+    if not (out/'config.json').exists():
+        with atomic_folder(out) as tmp:
+            for f in (outputs_dir()/'gate'/run/ckpt).iterdir(): shutil.copyfile(f, tmp/f.name)
+            noise_scheduler().save_pretrained(tmp)
+            shutil.copyfile(Path(vb_nb.__file__).parent/'assets'/'toy'/'unet'/TEXT_LAYERS_FILE, tmp/TEXT_LAYERS_FILE)
+    return out
+
+def train_motion(name: str, run: str, ckpt: str = 'min_30_raw', steps: int = 2400, batch: int = 4, lr: float = 1e-3, n_clips: int = 2000):
+    "Train the motion stage (vb_nb.train, stage 'motion') on a gate run's UNet for `steps` steps, on clips of the run's world."
+    from vb_nb.core import outputs_dir
+    from vb_nb.train import TrainConfig, StageInputs, train_stage
+    torch.set_num_threads(THREADS)
+    world = json.loads((outputs_dir()/'gate'/run/'train_log.json').read_text())['config']['world']
+    flat, factor = WORLDS[world]
+    inputs = StageInputs(unet=str(image_stage_folder(run, ckpt)), vae=str(outputs_dir()/'gate'/f'decoder_{world}'), n_clips=n_clips,
+                         subject_scale=factor, flat_background=flat)
+    cfg = TrainConfig(stage='motion', max_steps=steps, batch_size=batch, lr=lr, checkpoint_every=200, sample_steps=0, out_dir=str(outputs_dir()/'gate'/name))
+    train_stage(cfg, inputs)
+
+def evaluate_motion(name: str, seeds=(0, 1, 2), n_prompts: int = 24, frames: int = 8):
+    "Draw the held-out 'text only' prompts as videos with a motion run's base; score category and motion with the benchmark's oracle."
+    from vb_nb.core import outputs_dir, atomic_path
+    from vb_nb.eval import benchmark_prompts, track_subject, category_accuracy, motion_accuracy
+    from vb_nb.train import StageInputs, _motion_model, draw_videos
+    from diffusers import UNetMotionModel
+    torch.set_num_threads(THREADS)
+    out = outputs_dir()/'gate'/name
+    summary = json.loads((out/'summary.json').read_text())
+    inp = json.loads((out/'training_run.json').read_text())['inputs']
+    model = _motion_model(StageInputs(unet=inp['unet'], vae=inp['vae']))
+    model.unet = UNetMotionModel.from_pretrained(out/'final'); model.eval()
+    use_world(next(w for w, v in WORLDS.items() if v == (inp.get('flat_background', False), inp.get('subject_scale', 1.0))))
+    items = benchmark_prompts(n_prompts, 0)
+    rows = []
+    for sd in seeds:
+        for kind in ('prompt', 'description'):
+            vids = draw_videos(model, [it[kind] for it in items], frames, seed=1000 + sd)
+            for it, v in zip(items, vids):
+                tr = track_subject(v)
+                rows.append(dict(seed=sd, kind=kind, motion_name=it['spec'].motion, category=category_accuracy(tr, it['spec'].category), motion=motion_accuracy(tr, it['spec'].motion)))
+    res = dict(train=dict(steps=summary['steps'], seconds=summary['seconds'], config=summary['config']), seeds=list(seeds), n_prompts=n_prompts, frames=frames)
+    for kind, label in (('prompt', 'text only'), ('description', 'appearance in text')):
+        for k in ('category', 'motion'):
+            per = [float(np.mean([r[k] for r in rows if r['seed'] == s and r['kind'] == kind and r[k] is not None])) for s in seeds]
+            res[f'{label}: {k}'] = dict(mean=float(np.mean(per)), std=float(np.std(per)), per_seed=per)
+        for group, compound in (('straight', False), ('compound', True)):
+            per = [float(np.mean([r['motion'] for r in rows if r['seed'] == s and r['kind'] == kind and r['motion'] is not None
+                                  and (', then ' in r['motion_name']) == compound] or [np.nan])) for s in seeds]
+            res[f'{label}: motion, {group}'] = dict(mean=float(np.nanmean(per)), per_seed=per)
+    with atomic_path(RESULTS/f'{name}.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    for k, v in res.items():
+        if isinstance(v, dict) and 'mean' in v: print(f"{k}: {v['mean']:.2f}")
+    return res
+
 def save_grid(images, items, rows, path, title):
     "A small picture of drawn images (seed 0) with their prompts and the oracle's verdicts."
     import matplotlib; matplotlib.use('Agg')
@@ -362,10 +424,15 @@ def main(argv=None):
     t.add_argument('--match', default=None, help='train as many steps as this finished run (same UNet and batch), saving at its steps')
     d = sub.add_parser('decoder'); d.add_argument('--world', choices=list(WORLDS), default='textured'); d.add_argument('--steps', type=int, default=400)
     e = sub.add_parser('eval'); e.add_argument('--name', required=True); e.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    m = sub.add_parser('motion'); m.add_argument('--name', required=True); m.add_argument('--run', required=True); m.add_argument('--ckpt', default='min_30_raw')
+    m.add_argument('--steps', type=int, default=2400); m.add_argument('--batch', type=int, default=4); m.add_argument('--clips', type=int, default=2000)
+    em = sub.add_parser('eval-motion'); em.add_argument('--name', required=True)
     a = ap.parse_args(argv)
     if a.cmd == 'train':
         train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match, subject_weight=a.subject_weight, pool=a.pool)
     elif a.cmd == 'decoder': finetune_decoder(a.world, a.steps)
+    elif a.cmd == 'motion': train_motion(a.name, a.run, a.ckpt, a.steps, a.batch, n_clips=a.clips)
+    elif a.cmd == 'eval-motion': evaluate_motion(a.name)
     else: evaluate(a.name, a.seeds)
 
 if __name__ == '__main__': main()

@@ -420,14 +420,14 @@ def clip_record(spec: ClipSpec, caption: str, vid: str, split: str, boxes) -> di
 
 # %% ../nbs/02_toyworld.ipynb #83e26157
 def make_corpus(out, n: int, seed: int = 0, split: str = 'train', n_frames: int = 24, size: int = 64,
-                fps: float = 8.0, progress: bool = True) -> Path:
-    "Write `n` clips of `split` to `out` (WebVid-shaped CSV, mp4s, ground truth); skip clips already written. Returns the CSV path."
+                fps: float = 8.0, progress: bool = True, subject_scale: float = 1.0, flat_background: bool = False) -> Path:
+    "Write `n` clips of `split` to `out` (WebVid-shaped CSV, mp4s, ground truth; `subject_scale`, `flat_background`: a simpler world); skip clips already written. Returns the CSV path."
     from tqdm.auto import tqdm
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out); split_appearances(split)
     rows, truth = [], []
     for i in tqdm(range(n), desc=f'toyworld {split}', disable=not progress):
-        spec, caption = random_spec(seed, split, i, n_frames, size, size, fps)
+        spec, caption = random_spec(seed, split, i, n_frames, size, size, fps, subject_scale=subject_scale, flat_background=flat_background)
         vid, page = video_id(seed, split, i), page_dir(split, i)
         path = out / 'videos' / page / f'{vid}.mp4'
         frames, boxes, _ = render_clip(spec)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #477a7942
 from __future__ import annotations
-import contextlib, copy, json, math, os, random, re, shutil, threading, time, types, warnings
+import contextlib, copy, hashlib, json, math, os, random, re, shutil, threading, time, types, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -19,18 +19,20 @@ from tqdm.auto import tqdm
 from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file, VideoReadError, _lock, _usual_modes
 
 # %% auto #0
-__all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'TrainConfig',
-           'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint', 'clean_partial_checkpoints',
-           'load_checkpoint', 'NonFiniteLoss', 'make_accelerator', 'autocast_dtype', 'average_gradients',
-           'RunFolderError', 'run_record', 'check_run_folder', 'run_folder', 'fit', 'toy_training_data', 'random_batch',
-           'Batches', 'vae_loss', 'set_latent_scale', 'video_latents', 'diffusion_inputs', 'diffusion_target',
-           'TextToVideo', 'swap_words', 'caption_loss', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss',
-           'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing',
-           'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware',
-           'ship_toy_model', 'main']
+__all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'IMAGE_SAMPLE_PROMPTS',
+           'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint',
+           'clean_partial_checkpoints', 'load_checkpoint', 'NonFiniteLoss', 'make_accelerator', 'autocast_dtype',
+           'average_gradients', 'RunFolderError', 'run_record', 'check_run_folder', 'run_folder', 'fit',
+           'toy_training_data', 'random_batch', 'Batches', 'vae_loss', 'set_latent_scale', 'video_latents',
+           'diffusion_inputs', 'diffusion_target', 'TextToVideo', 'swap_words', 'caption_loss', 'toy_frames',
+           'pooled_text', 'caption_states', 'frame_latents', 'frame_cache', 'build_image_unet', 'added_conditions',
+           'min_snr_weights', 'TextToImage', 'cache_batches', 'guided_ddim', 'decode_latents', 'draw_images',
+           'motion_unet', 'draw_videos', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
+           'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing', 'stage_loss',
+           'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
-STAGES = ('vae', 'base', 'motion_text', 'coarse', 'fine', 'joint')
+STAGES = ('vae', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')
 
 @dataclass
 class TrainConfig:
@@ -63,6 +65,9 @@ class TrainConfig:
     min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
     gradient_checkpointing: bool = False   # recompute the UNet's resnets and motion modules (their attention too) in the backward pass: less memory, more time
     num_workers: int = 0              # DataLoader processes that decode the next batches while the model trains (0: the training process decodes)
+    subject_weight: float = 0.0       # image: the subject's latent cells weigh 1 + this in the loss
+    snr_gamma: float = 0.0            # image: Min-SNR-gamma weights of the timesteps (0: none)
+    pooled_text: bool = True          # image: the caption's pooled state joins the time embedding (SDXL's 'text_time')
 
     def __post_init__(self):
         _check_types(self)                # a config.json's "lr": "fast" or NaN: an error naming the field
@@ -75,9 +80,11 @@ class TrainConfig:
         if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.min_timestep < 0: raise ValueError(f"min_timestep must be >= 0, got {self.min_timestep}")
-        if self.min_timestep and self.stage not in ('base', 'motion_text'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {self.stage}")
+        if self.min_timestep and self.stage not in ('base', 'motion_text', 'motion'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {self.stage}")
         from vb_nb.model import NOISE_SCHEDULES
         if self.noise_schedule not in ('', *NOISE_SCHEDULES): raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)} (or '' for the UNet's own), got {self.noise_schedule!r}")
+        if not (self.subject_weight >= 0 and self.snr_gamma >= 0): raise ValueError(f"subject_weight and snr_gamma must be >= 0, got {self.subject_weight}, {self.snr_gamma}")
+        if (self.subject_weight or self.snr_gamma) and self.stage != 'image': raise ValueError(f"subject_weight and snr_gamma belong to the image stage, not {self.stage}")
         if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
         for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
             if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
@@ -398,12 +405,13 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: C
         return _fit(cfg, model, loss_fn, batch_fn, resume, acc, on_checkpoint)
 
 # %% ../nbs/08_train.ipynb #2d568754
-def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: bool = True) -> Path:
-    "Generate `n_clips` toyworld training clips and build their text-image-video dataset (skipping finished work); return its folder."
+def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: bool = True, subject_scale: float = 1.0, flat_background: bool = False) -> Path:
+    "Generate `n_clips` toyworld training clips (of the world `subject_scale` and `flat_background` make) and build their text-image-video dataset (skipping finished work); return its folder."
     from vb_nb.toyworld import make_corpus
     from vb_nb.dataset import build_dataset
-    root = Path(root or data_dir()/'toyworld')
-    csv = make_corpus(root/'corpus', n_clips, seed=seed, split='train', progress=progress)
+    world = '' if (subject_scale, flat_background) == (1, False) else f"_x{subject_scale:g}" + ('_flat' if flat_background else '')
+    root = Path(root or data_dir()/f'toyworld{world}')          # each world its own folder: finished clips are reused
+    csv = make_corpus(root/'corpus', n_clips, seed=seed, split='train', progress=progress, subject_scale=subject_scale, flat_background=flat_background)
     build_dataset(csv, root/'corpus'/'videos', root/'dataset', detector='toy', truth=root/'corpus'/'train_ground_truth.jsonl', progress=progress)
     return root/'dataset'
 
@@ -543,12 +551,14 @@ class TextToVideo(torch.nn.Module):
 
     def prediction(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         "The UNet's prediction and its target (epsilon or v, as the noise scheduler predicts), both fp32 (batch, C, frames, h, w), for a batch of clips and captions at timesteps from `min_timestep` on."
-        from vb_nb.clip import encode_text
+        from vb_nb.clip import tokenize
         latents = video_latents(self.vae, batch['pixel_values']).float()     # the VAE may be stored in bf16 / fp16: the noise is added in fp32
         noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
         prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
-        with torch.no_grad(): text = encode_text(self.text_encoder, self.tokenizer, prompts)
-        pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0)).sample
+        ids = tokenize(self.tokenizer, prompts, device=self.text_encoder.device)
+        with torch.no_grad(): text = self.text_encoder(ids).last_hidden_state
+        pooled = added_conditions(self.unet, pooled_text(text, ids))        # a UNet built on the image stage's may take the pooled caption
+        pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0), **pooled).sample
         return pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t)
 
     def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
@@ -577,6 +587,206 @@ def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 90
         losses[t] = torch.nn.functional.mse_loss(pred, diffusion_target(base.noise_scheduler, latents, noise, tt)).item()
     return losses
 
+
+# %% ../nbs/08_train.ipynb #imgfn001
+def toy_frames(n_clips: int, per_clip: int = 2, seed: int = 0, subject_scale: float = 1.0, flat_background: bool = False, progress: bool = True):
+    "Single frames of toyworld's training split, `per_clip` of each clip: uint8 (N, H, W, 3), subject masks (N, H, W), and each frame's caption."
+    from vb_nb.toyworld import random_spec, render_clip
+    frames, masks, captions = [], [], []
+    for i in tqdm(range(n_clips), disable=not progress, desc='frames'):
+        spec, caption = random_spec(seed, 'train', i, subject_scale=subject_scale, flat_background=flat_background)
+        fr, _, mk = render_clip(spec)
+        idx = np.sort(np.random.default_rng([seed, i]).choice(len(fr), per_clip, replace=False))   # anywhere in the clip
+        frames.append(fr[idx]); masks.append(mk[idx]); captions += [caption] * per_clip
+    return np.concatenate(frames), np.concatenate(masks), captions
+
+# %% ../nbs/08_train.ipynb #imgfn002
+def pooled_text(states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    "Each caption's pooled state (N, D): the mean of its token states (N, 77, D) from the start token to its first end token."
+    from vb_nb.clip import CLIP_EOS_ID
+    eos = (ids == CLIP_EOS_ID).long()
+    upto = ((torch.cumsum(eos, 1) - eos) == 0).to(states.dtype)[..., None]
+    return (states * upto).sum(1) / upto.sum(1)
+
+@torch.no_grad()
+def caption_states(text_encoder, tokenizer, captions, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-token states (N, 77, D) and pooled states (N, D) of `captions`, on the CPU."
+    from vb_nb.clip import tokenize
+    states, pooled = [], []
+    for i in range(0, len(captions), batch):
+        ids = tokenize(tokenizer, captions[i:i + batch], device=text_encoder.device)
+        h = text_encoder(ids).last_hidden_state
+        states.append(h.cpu()); pooled.append(pooled_text(h, ids).cpu())
+    return torch.cat(states), torch.cat(pooled)
+
+# %% ../nbs/08_train.ipynb #imgfn003
+@torch.no_grad()
+def frame_latents(vae, frames, batch: int = 256) -> torch.Tensor:
+    "Scaled latents (N, C, h, w) of uint8 frames (N, H, W, 3), on the CPU: the posterior's mode times the VAE's scaling factor."
+    x, p = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), next(vae.parameters())
+    return torch.cat([vae.encode(x[i:i + batch].to(p.device, p.dtype) / 127.5 - 1).latent_dist.mode().float().cpu() * vae.config.scaling_factor
+                      for i in range(0, len(x), batch)])
+
+def _fingerprint(module) -> str:
+    "A short hash of a module's weights: a cache made with other weights is not used."
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items(): h.update(k.encode()); h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+# %% ../nbs/08_train.ipynb #imgfn004
+def frame_cache(vae, text_encoder, tokenizer, n_clips: int, per_clip: int = 2, seed: int = 0, subject_scale: float = 1.0,
+                flat_background: bool = False, folder=None, progress: bool = True) -> dict:
+    "The image stage's frozen inputs, encoded once and kept in `folder` (default outputs/toy/cache): latents, subject masks at the latents' size, caption states (fp16), pooled states, and the empty caption's."
+    key = dict(n_clips=n_clips, per_clip=per_clip, seed=seed, subject_scale=float(subject_scale), flat_background=bool(flat_background),
+               vae=_fingerprint(vae), text=_fingerprint(text_encoder))
+    path = Path(folder or outputs_dir()/'toy'/'cache')/f"frames_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        c = torch.load(path, weights_only=True)                   # tensors and plain values only
+        if isinstance(c, dict) and c.get('key') == key: return c
+    frames, masks, captions = toy_frames(n_clips, per_clip, seed, subject_scale, flat_background, progress)
+    lat = frame_latents(vae, frames)
+    states, pooled = caption_states(text_encoder, tokenizer, captions)
+    null_s, null_p = caption_states(text_encoder, tokenizer, [''])
+    m = torch.nn.functional.max_pool2d(torch.from_numpy(masks).float()[:, None], frames.shape[1] // lat.shape[-2]) > 0   # a cell is the subject's if any of its pixels is
+    c = dict(key=key, latents=lat, masks=m, states=states.half(), pooled=pooled, null_states=null_s[0], null_pooled=null_p[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp: torch.save(c, tmp)
+    return c
+
+# %% ../nbs/08_train.ipynb #imgfn005
+def build_image_unet(width: int = 64, pooled: bool = True, seed: int|None = 0) -> UNet2DConditionModel:
+    "The toy's text-to-image UNet for text states of `width`; with `pooled`, the caption's pooled state joins the time embedding."
+    from diffusers import UNet2DConditionModel
+    if seed is not None: torch.manual_seed(seed)
+    extra = dict(addition_embed_type='text_time', addition_time_embed_dim=8, projection_class_embeddings_input_dim=width + 8) if pooled else {}
+    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
+                                cross_attention_dim=width, attention_head_dim=(16, 16), norm_num_groups=8, **extra)
+
+def added_conditions(unet, pooled: torch.Tensor) -> dict:
+    "The keyword arguments that give `unet` the pooled captions (N, D) through its 'text_time' embedding, with one constant time id; none for a UNet without it."
+    if unet.config.addition_embed_type != 'text_time': return {}
+    return dict(added_cond_kwargs=dict(text_embeds=pooled, time_ids=torch.zeros(len(pooled), 1, device=pooled.device, dtype=pooled.dtype)))
+
+# %% ../nbs/08_train.ipynb #imgfn006
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    "Min-SNR-γ loss weights at `timesteps`: min(SNR, γ) / SNR for epsilon prediction, min(SNR, γ) / (SNR + 1) for v prediction."
+    from diffusers.training_utils import compute_snr
+    snr = compute_snr(noise_scheduler, timesteps.cpu()).to(timesteps.device)
+    return snr.clamp(max=gamma) / (snr + (noise_scheduler.config.prediction_type == 'v_prediction'))
+
+# %% ../nbs/08_train.ipynb #imgfn007
+class TextToImage(torch.nn.Module):
+    "The image stage's model: a UNet2DConditionModel trained on a frame cache; the frozen VAE and text tower go with it, to sample and to save."
+    def __init__(self, unet, vae, text_encoder, tokenizer, noise_scheduler=None, cache: dict|None = None):
+        super().__init__()
+        from vb_nb.model import sd_noise_scheduler
+        self.unet, self.vae, self.text_encoder, self.tokenizer, self.cache = unet, vae, text_encoder, tokenizer, cache
+        self.noise_scheduler = noise_scheduler or sd_noise_scheduler()
+        for m in (vae, text_encoder): m.requires_grad_(False).eval()
+
+    def forward(self, batch: dict, text_dropout: float = 0.0, subject_weight: float = 0.0, snr_gamma: float = 0.0) -> torch.Tensor:
+        "Diffusion MSE on a batch of cached frames, the subject's latent cells weighted 1 + `subject_weight`, each timestep by Min-SNR-`snr_gamma` (0: not)."
+        b = {k: v.to(self.unet.device) for k, v in batch.items()}
+        x0 = b['latents']
+        drop = torch.rand(len(x0), device=x0.device) < text_dropout           # classifier-free guidance: some captions are empty
+        states = torch.where(drop[:, None, None], b['null_states'], b['states'])
+        pooled = torch.where(drop[:, None], b['null_pooled'], b['pooled'])
+        noise, t, noisy = diffusion_inputs(x0, self.noise_scheduler)
+        pred = self.unet(noisy, t, states, **added_conditions(self.unet, pooled)).sample.float()
+        w = 1 + subject_weight * b['masks'].float()
+        err = ((pred - diffusion_target(self.noise_scheduler, x0, noise, t)) ** 2 * w).mean((1, 2, 3)) / w.mean((1, 2, 3))
+        return (err * min_snr_weights(self.noise_scheduler, t, snr_gamma) if snr_gamma else err).mean()
+
+def cache_batches(cache: dict, batch_size: int) -> Callable:
+    "fit's batch_fn over a frame cache: `batch_size` random frames (drawn with torch's generator, which fit seeds for each step), with the empty caption's states."
+    def batch(k: int) -> dict:
+        i = torch.randint(len(cache['latents']), (batch_size,))
+        return dict(latents=cache['latents'][i], masks=cache['masks'][i], states=cache['states'][i].float(), pooled=cache['pooled'][i],
+                    null_states=cache['null_states'].float(), null_pooled=cache['null_pooled'])
+    return batch
+
+# %% ../nbs/08_train.ipynb #imgfn008
+def _guided_states(model, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    "Token and pooled states of `prompts`, then as many of the empty prompt's, on the UNet's device."
+    n, dev = len(prompts), model.unet.device
+    states, pooled = (x.to(dev) for x in caption_states(model.text_encoder, model.tokenizer, [*prompts, '']))
+    return torch.cat([states[:n], states[n:].expand(n, -1, -1)]), torch.cat([pooled[:n], pooled[n:].expand(n, -1)])
+
+@torch.no_grad()
+def guided_ddim(model, prompts, shape: tuple, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> torch.Tensor:
+    "Latents of `shape` (N, C, h, w), or (N, C, frames, h, w) for a video UNet, drawn for `prompts` with DDIM and classifier-free guidance `guidance`."
+    from diffusers import DDIMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+    sched = DDIMScheduler.from_config(model.noise_scheduler.config); sched.set_timesteps(steps)
+    s, p = _guided_states(model, prompts)
+    if len(shape) == 5: s = s.repeat_interleave(shape[2], 0)                   # a video UNet takes the text per frame
+    x = randn_tensor(shape, generator=torch.Generator().manual_seed(seed)).to(model.unet.device)
+    for t in sched.timesteps:
+        e_text, e_none = model.unet(torch.cat([x, x]), t, s, **added_conditions(model.unet, p)).sample.chunk(2)
+        x = sched.step(e_none + guidance * (e_text - e_none), t, x).prev_sample
+    return x
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    "uint8 frames (N, H, W, 3) of latents (N, C, h, w), or videos (N, F, H, W, 3) of (N, C, F, h, w)."
+    z = latents.transpose(1, 2).flatten(0, 1) if latents.ndim == 5 else latents
+    img = ((vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return img.reshape(*latents.shape[:1], latents.shape[2], *img.shape[1:]) if latents.ndim == 5 else img
+
+def draw_images(model: TextToImage, prompts, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> np.ndarray:
+    "uint8 images (N, H, W, 3) of `prompts` by the image stage's model."
+    c = model.unet.config
+    return decode_latents(model.vae, guided_ddim(model, prompts, (len(prompts), c.in_channels, c.sample_size, c.sample_size), seed, steps, guidance))
+
+
+# %% ../nbs/08_train.ipynb #imgfn010
+def _image_model(inputs, noise_schedule: str = '', pooled_text: bool = True) -> TextToImage:
+    "The image stage's model: a new text-to-image UNet with the toy VAE (inputs.vae) and text tower (with inputs.text_layers)."
+    from diffusers import AutoencoderKL
+    from vb_nb.clip import load_tokenizer, toy_text_encoder
+    from vb_nb.model import NOISE_SCHEDULES
+    if inputs.text_layers and not Path(inputs.text_layers).is_file():
+        raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity, or leave --text-layers out")
+    text = toy_text_encoder(inputs.text_layers or None)
+    unet = build_image_unet(text.config.hidden_size, pooled_text, seed=None)        # train_stage has seeded the run
+    vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
+    return TextToImage(unet, vae, text, load_tokenizer(), NOISE_SCHEDULES[noise_schedule or 'sd']()).train()
+
+# %% ../nbs/08_train.ipynb #motfn001
+def motion_unet(image_unet, seed: int|None = None) -> UNetMotionModel:
+    "A video UNet from a text-to-image UNet (or its folder): its layers as they are, new motion modules (output at zero), and only those trainable."
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    if not isinstance(image_unet, torch.nn.Module): image_unet = UNet2DConditionModel.from_pretrained(image_unet)
+    if seed is not None: torch.manual_seed(seed)
+    c = image_unet.config
+    adapter = MotionAdapter(block_out_channels=c.block_out_channels, motion_layers_per_block=c.layers_per_block, motion_norm_num_groups=c.norm_num_groups,
+                            motion_num_attention_heads=tuple(ch // 16 for ch in c.block_out_channels), motion_max_seq_length=32, use_motion_mid_block=False)
+    unet = UNetMotionModel.from_unet2d(image_unet, adapter)
+    if c.addition_embed_type == 'text_time': unet.add_embedding.load_state_dict(image_unet.add_embedding.state_dict())   # from_unet2d leaves it new
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if 'motion_modules' in n and 'proj_out' in n: p.zero_()
+    unet.freeze_unet2d_params()
+    return unet
+
+def _motion_model(inputs) -> TextToVideo:
+    "The motion stage's model: the image stage's UNet (inputs.unet, default outputs/toy/image/final) made a video UNet, with its text layers and schedule."
+    from diffusers import AutoencoderKL
+    from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
+    from vb_nb.model import saved_noise_scheduler
+    start = _final(inputs.unet, 'image')
+    if not (start/'config.json').is_file() or json.loads((start/'config.json').read_text()).get('_class_name') != 'UNet2DConditionModel':
+        raise ValueError(f"{start} is not an image stage's UNet (a UNet2DConditionModel folder): give the image stage's final folder as --unet")
+    vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
+    return TextToVideo(motion_unet(start), vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
+
+# %% ../nbs/08_train.ipynb #motfn002
+def draw_videos(model: TextToVideo, prompts, num_frames: int = 8, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> np.ndarray:
+    "uint8 videos (N, F, H, W, 3) of `prompts` by a base (TextToVideo)."
+    vae = model.vae
+    h = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    return decode_latents(vae, guided_ddim(model, prompts, (len(prompts), model.unet.config.in_channels, num_frames, h, h), seed, steps, guidance))
 
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
@@ -646,6 +856,9 @@ class StageInputs:
     motion_adapter: str = ''   # real scale: AnimateDiff motion adapter folder or hub id
     image_encoder: str = ''    # real scale: CLIP vision folder or hub id
     n_clips: int = 2000        # toyworld clips to generate when data is empty
+    frames_per_clip: int = 2   # image stage: frames of each toyworld clip in its frame cache
+    subject_scale: float = 1.0 # toyworld's subject size when data is empty (random_spec's subject_scale)
+    flat_background: bool = False   # toyworld's flat backgrounds when data is empty
 
 def toy_dir(stage: str) -> Path:
     "Where the toy run of `stage` writes by default."
@@ -657,13 +870,17 @@ def _final(path, stage):
     return p
 
 def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = '',
-                      motion_text: bool = False):
+                      motion_text: bool = False, pooled_text: bool = True):
     "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
     from diffusers import AutoencoderKL, UNetMotionModel
     from vb_nb.model import (VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, MOTION_TEXT_FILE, saved_noise_scheduler, add_text_to_motion_modules,
                              load_motion_text)
     from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
     if stage == 'vae': return build_vae().train()
+    if stage == 'image':
+        if motion_text: raise ValueError("the image stage has no motion modules: drop --motion-text")
+        return _image_model(inputs, noise_schedule, pooled_text)
+    if stage == 'motion': return _motion_model(inputs)
     if stage != 'base' and (inputs.text_layers or noise_schedule or motion_text):
         raise ValueError(f"text layers, the noise schedule and the motion-text path belong to the base: the {stage} stage takes them from the base's folder "
                          "(drop --text-layers, --noise-schedule, --motion-text)")
@@ -766,7 +983,8 @@ def enable_checkpointing(model) -> int:
 def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     "loss_fn(model, batch) of a stage."
     if stage == 'vae': return vae_loss
-    if stage in ('base', 'motion_text'): return lambda m, b: m(b, cfg.text_dropout, cfg.min_timestep)
+    if stage == 'image': return lambda m, b: m(b, cfg.text_dropout, cfg.subject_weight, cfg.snr_gamma)
+    if stage in ('base', 'motion_text', 'motion'): return lambda m, b: m(b, cfg.text_dropout, cfg.min_timestep)
     s = {'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage]
     return lambda m, b: videobooth_loss(m, b, s, cfg.text_dropout, cfg.image_dropout, cfg.mapper_reg, cfg.appearance_dropout)
 
@@ -775,10 +993,11 @@ def save_final(stage: str, model, folder) -> Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         if stage == 'vae': model.save_pretrained(tmp)
-        elif stage in ('base', 'motion_text'):
+        elif stage in ('image', 'motion', 'base', 'motion_text'):
             from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
             from vb_nb.model import save_unet
-            save_unet(model.unet, tmp)                        # with the motion modules' text path beside it, if any
+            if stage == 'image': model.unet.save_pretrained(tmp)
+            else: save_unet(model.unet, tmp)                  # with the motion modules' text path beside it, if any
             model.noise_scheduler.save_pretrained(tmp)      # scheduler_config.json: the schedule the UNet learned
             save_file(text_layer_weights(model.text_encoder), str(tmp/TEXT_LAYERS_FILE))   # the text layers the UNet was trained with go with it
         else: model.adapter.save_pretrained(tmp)
@@ -786,10 +1005,27 @@ def save_final(stage: str, model, folder) -> Path:
 
 # %% ../nbs/08_train.ipynb #smpfn001
 SAMPLE_PROMPT = ('green_solid_box', 'a box drifts to the right in the sky')   # bundled example image, text
+IMAGE_SAMPLE_PROMPTS = ('a red ball over the grass', 'a striped blue star in the sky', 'a box on the sand', 'a dotted ring above the water')
+
+def _text_sampler(stage: str, model, out_dir, steps: int, num_frames: int):
+    "The image and motion stages' on_checkpoint: IMAGE_SAMPLE_PROMPTS drawn by the model, in a row, to out_dir/samples/step_N.png (.gif for videos)."
+    from vb_nb.core import gif_bytes
+    from PIL import Image
+    def sample(step, checkpoint):
+        was = model.training
+        try: x = draw_images(model.eval(), IMAGE_SAMPLE_PROMPTS, steps=steps) if stage == 'image' else draw_videos(model.eval(), IMAGE_SAMPLE_PROMPTS, num_frames, steps=steps)
+        finally: model.train(was)
+        path = Path(out_dir)/'samples'/f"step_{step:07d}.{'png' if stage == 'image' else 'gif'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            if stage == 'image': Image.fromarray(np.concatenate(list(x), 1)).save(tmp, format='PNG')
+            else: tmp.write_bytes(gif_bytes(np.concatenate(list(x), 2)))
+    return sample
 
 def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
     "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
     if stage == 'vae' or steps < 1: return None
+    if stage in ('image', 'motion'): return _text_sampler(stage, model, out_dir, steps, num_frames)
     import copy
     from vb_nb.model import VideoBooth
     from vb_nb.clip import load_image_encoder
@@ -820,27 +1056,33 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     acc = accelerator or make_accelerator(cfg)
     if model is None:
         seed_everything(cfg.seed)       # the new weights start from the run's seed: two identical commands start equal
-        model = build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule, cfg.motion_text)   # first: its errors cost nothing
+        model = build_stage_model(cfg.stage, inputs, cfg.splice_mode, cfg.posenc, cfg.noise_schedule, cfg.motion_text, cfg.pooled_text)   # first: its errors cost nothing
     cfg = resolve_config(cfg, model, inputs)
     if cfg.gradient_checkpointing: enable_checkpointing(model)
     low = autocast_dtype(acc)
     if low != torch.float32:    # autocast computes in it anyway: half the memory of the frozen weights; not those the stage saves with its result
-        store_frozen_in(model.vae if cfg.stage in ('base', 'motion_text') else model, low, keep=(model.adapter,) if hasattr(model, 'adapter') else ())
+        store_frozen_in(model.vae if cfg.stage in ('image', 'motion', 'base', 'motion_text') else model, low, keep=(model.adapter,) if hasattr(model, 'adapter') else ())
     if acc.is_main_process: check_run_folder(cfg.out_dir, cfg, resume, inputs)   # before the data is built: a folder that cannot take the run costs nothing
     with run_folder(cfg.out_dir, cfg, resume, inputs, acc): return _train_held(cfg, inputs, dataset, model, resume, acc)
 
 def _train_held(cfg, inputs, dataset, model, resume, acc) -> tuple:
     "train_stage once its folder is held."
     from vb_nb.dataset import VideoPromptDataset
-    if dataset is None:
-        root = inputs.data or toy_training_data(inputs.n_clips)
-        dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
-    batches = Batches(dataset, cfg.batch_size, cfg.seed, cfg.out_dir, cfg.num_workers, acc.process_index, record=acc.is_main_process)
+    if cfg.stage == 'image':                     # single frames, encoded once into the run's folder
+        if model.cache is None:
+            model.cache = frame_cache(model.vae, model.text_encoder, model.tokenizer, inputs.n_clips, inputs.frames_per_clip, cfg.seed,
+                                      inputs.subject_scale, inputs.flat_background, Path(cfg.out_dir)/'cache', acc.is_main_process)
+        batches = cache_batches(model.cache, cfg.batch_size)
+    else:
+        if dataset is None:
+            root = inputs.data or toy_training_data(inputs.n_clips, subject_scale=inputs.subject_scale, flat_background=inputs.flat_background)
+            dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
+        batches = Batches(dataset, cfg.batch_size, cfg.seed, cfg.out_dir, cfg.num_workers, acc.process_index, record=acc.is_main_process)
     start = time.time()
     try:
         losses = fit(cfg, model, stage_loss(cfg.stage, cfg), batches, resume=resume, accelerator=acc,
                      on_checkpoint=checkpoint_sampler(cfg.stage, model, cfg.out_dir, cfg.sample_steps, cfg.num_frames, cfg.size))
-    finally: batches.close()
+    finally: getattr(batches, 'close', lambda: None)()
     if cfg.stage == 'vae':
         frames = random_batch(dataset, 16, skip=dict(batches.skip))['pixel_values'].flatten(0, 1).to(acc.device)
         print(f"latent scale: {set_latent_scale(model.eval(), frames):.4f}")
@@ -905,7 +1147,7 @@ def _yes_no(s: str) -> bool:
     raise ValueError(f"expected yes or no, got {s!r}")
 
 def main(argv=None):
-    "Command line: train one stage (vae, base, motion_text, coarse, fine, joint)."
+    "Command line: train one stage (vae, image, motion, base, motion_text, coarse, fine, joint)."
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_train', description=main.__doc__)
     ap.add_argument('--stage', required=True, choices=STAGES)
@@ -913,14 +1155,18 @@ def main(argv=None):
     ap.add_argument('--config', default=None, help='a config.json to start from (flags override it)')
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
-              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep', 'gradient_checkpointing', 'num_workers'):
-        typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no, 'gradient_checkpointing': _yes_no}.get(f, type(getattr(TrainConfig, f)))
+              'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep', 'gradient_checkpointing', 'num_workers',
+              'subject_weight', 'snr_gamma', 'pooled_text'):
+        typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no, 'gradient_checkpointing': _yes_no, 'pooled_text': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         flag = dict(nargs='?', const=True) if f == 'gradient_checkpointing' else {}    # `--gradient-checkpointing` alone means yes
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})', **flag)
     for f in ('data', 'vae', 'unet', 'text_layers', 'adapter', 'base', 'motion_adapter', 'image_encoder'):
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
     ap.add_argument('--from-scratch', action='store_true', help='fine stage: start a new adapter, not the coarse one (--adapter)')
     ap.add_argument('--n-clips', type=int, default=StageInputs.n_clips, help='toyworld clips to generate when --data is not given')
+    ap.add_argument('--frames-per-clip', type=int, default=StageInputs.frames_per_clip, help='image stage: frames of each toyworld clip')
+    ap.add_argument('--subject-scale', type=float, default=StageInputs.subject_scale, help="toyworld's subject size factor (without --data)")
+    ap.add_argument('--flat-background', type=_yes_no, default=StageInputs.flat_background, help="toyworld's flat backgrounds, yes or no (without --data)")
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
     a = ap.parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}
