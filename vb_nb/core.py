@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from fastcore.basics import patch
 from PIL import Image, ImageOps, UnidentifiedImageError
 try: import fcntl
 except ImportError: fcntl = None       # Windows: stale temporaries are recognised by age alone
@@ -29,6 +30,7 @@ def default_device() -> torch.device:
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
+# %% ../nbs/00_core.ipynb #619188e8-1
 def default_dtype(device=None) -> torch.dtype:
     "A fast, safe compute dtype for `device`: bf16 on capable GPUs, fp16 on other accelerators, fp32 on the CPU."
     device = torch.device(device) if device is not None else default_device()
@@ -54,6 +56,7 @@ def project_root(start=None) -> Path:
         if (p/'settings.ini').exists() and (p/'nbs').is_dir(): return p
     return start
 
+# %% ../nbs/00_core.ipynb #3db395ce-1
 def data_dir() -> Path:
     "Where datasets live: $VB_NB_DATA, else <project root>/data."
     return Path(os.environ.get('VB_NB_DATA') or project_root()/'data')
@@ -72,6 +75,7 @@ def _usual_modes(path: Path):
     for p in [path, *(path.rglob('*') if path.is_dir() and not path.is_symlink() else [])]:
         if not p.is_symlink(): p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
+# %% ../nbs/00_core.ipynb #62952d71-1
 TEMP_PREFIX = '.vb_nb-tmp.'
 _TEMP_NAME = re.compile(r'^\.vb_nb-tmp\.[a-z0-9_]{8}\..+$')     # .vb_nb-tmp.<tempfile's 8 random chars>.<target's name>[.old]: this program's only
 
@@ -81,6 +85,7 @@ def _lock(fd) -> bool:
     try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
     except OSError: return False
 
+# %% ../nbs/00_core.ipynb #62952d71-2
 def _stale(p: Path) -> bool:
     "Is `p` a temporary file or folder of this program's atomic writes whose writer is gone (killed, or the machine went down)?"
     if not _TEMP_NAME.match(p.name): return False
@@ -90,6 +95,7 @@ def _stale(p: Path) -> bool:
     try: return _lock(fd)                     # a live writer holds its lock until it renames or removes the temporary
     finally: os.close(fd)
 
+# %% ../nbs/00_core.ipynb #62952d71-3
 _swept = set()
 
 def remove_stale_temps(folder, once: bool = False) -> list:
@@ -125,6 +131,16 @@ def atomic_path(path):
         os.close(fd)
 
 # %% ../nbs/00_core.ipynb #9ae4f45e
+def _swap_in(tmp: Path, path: Path):
+    "Put the finished temporary folder `tmp` in the place of `path` (an old `path` is removed), with the umask's permissions."
+    import shutil
+    _usual_modes(tmp)                                  # weights written by safetensors are 0600: give them the configs' permissions
+    old = tmp.with_name(tmp.name + '.old')             # a name of this program's own: nothing of the user's is ever removed
+    if path.exists(): os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+# %% ../nbs/00_core.ipynb #9ae4f45e-1
 @contextlib.contextmanager
 def atomic_folder(path):
     "Yield a temporary folder beside `path`; on success it replaces `path` (an old `path` is removed), on error it is removed."
@@ -137,11 +153,7 @@ def atomic_folder(path):
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
-        _usual_modes(tmp)                                  # weights written by safetensors are 0600: give them the configs' permissions
-        old = tmp.with_name(tmp.name + '.old')             # a name of this program's own: nothing of the user's is ever removed
-        if path.exists(): os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if fd is not None: os.close(fd)
@@ -194,6 +206,7 @@ def _numbers(v) -> list|None:
     ok = isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
     return list(v) if ok else None
 
+# %% ../nbs/00_core.ipynb #cfgfn001-1
 def check_config(cfg, bounds: dict, where: str, required=()) -> dict:
     "`cfg` if it is a dict holding `required` keys and, for each key of `bounds` present, numbers in its (lo, hi) (or a list of at most `n` of them for (lo, hi, n)); else a ValueError naming `where` and the field."
     if not isinstance(cfg, dict): raise ValueError(f"{where} is not a JSON object of settings but a {type(cfg).__name__}")
@@ -207,6 +220,7 @@ def check_config(cfg, bounds: dict, where: str, required=()) -> dict:
                              "as every real model's is: the file is damaged or crafted")
     return cfg
 
+# %% ../nbs/00_core.ipynb #cfgfn001-2
 def read_config(path, bounds: dict|None = None, required=()) -> dict:
     "The JSON object in `path`, checked with check_config; a ValueError naming the file if it is too large, not JSON or out of bounds."
     path = Path(path)
@@ -234,6 +248,7 @@ class VideoReadError(Exception):
         self.path, self.reason = Path(path), reason
         super().__init__(f"cannot read video {str(path)!r}: {reason}")
 
+# %% ../nbs/00_core.ipynb #15458ffc-1
 @dataclass
 class VideoInfo:
     "What a video file holds."
@@ -242,6 +257,7 @@ class VideoInfo:
     height: int
     width: int
 
+# %% ../nbs/00_core.ipynb #15458ffc-2
 def _open_video(path):
     path = Path(path)
     if not path.exists(): raise VideoReadError(path, "no such file")
@@ -255,6 +271,7 @@ def _open_video(path):
         container.close(); raise VideoReadError(path, f"its frames are {cc.width} x {cc.height} pixels, more than {MAX_VIDEO_PIXELS:,} (4096 x 2160): downscale it")
     return container
 
+# %% ../nbs/00_core.ipynb #15458ffc-3
 def _decode(path, container):
     "Decoded frames of the first video stream (PyAV frames: converted to RGB only when kept)."
     try:
@@ -265,6 +282,7 @@ def _decode(path, container):
 
 def _rgb(frame) -> np.ndarray: return frame.to_ndarray(format='rgb24')
 
+# %% ../nbs/00_core.ipynb #15458ffc-4
 def video_info(path) -> VideoInfo:
     "Frame count, frame rate and size of the video at `path` (counts frames by decoding if the header does not say)."
     with _open_video(path) as c:
@@ -275,24 +293,30 @@ def video_info(path) -> VideoInfo:
         return VideoInfo(n, fps, s.codec_context.height, s.codec_context.width)
 
 # %% ../nbs/00_core.ipynb #ad4a0294
+def _read_all(path, container) -> np.ndarray:
+    frames = [_rgb(f) for f in _decode(path, container)]
+    if not frames: raise VideoReadError(path, "the video stream holds no frames")
+    return np.stack(frames)
+
+def _read_indices(path, container, indices) -> np.ndarray:
+    "The frames at `indices` (any order, repeats allowed), decoded in one pass that stops at the last of them."
+    indices = np.asarray(indices, dtype=int)
+    if (indices < 0).any(): raise ValueError(f"frame indices must be >= 0, got {indices.min()}")
+    wanted, kept, last = set(indices.tolist()), {}, int(indices.max())
+    for i, f in enumerate(_decode(path, container)):
+        if i in wanted: kept[i] = _rgb(f)
+        if i >= last: break
+    missing = sorted(wanted - kept.keys())
+    if missing: raise VideoReadError(path, f"the stream ended before frame {missing[0]} (truncated or corrupt)")
+    return np.stack([kept[i] for i in indices.tolist()])
+
+# %% ../nbs/00_core.ipynb #ad4a0294-1
 def read_video(path, n: int|None = None, window: int|None = None, start: int|None = None, rng=None, indices=None) -> np.ndarray:
     "Read `n` frames spread over `window` (all frames if `n` is None), or the given `indices`, as uint8 (F,H,W,3) RGB."
     path = Path(path)
     if indices is None and n is not None: indices = sample_frame_indices(video_info(path).num_frames, n, window, start, rng)
     with _open_video(path) as c:
-        if indices is None:
-            frames = [_rgb(f) for f in _decode(path, c)]
-            if not frames: raise VideoReadError(path, "the video stream holds no frames")
-            return np.stack(frames)
-        indices = np.asarray(indices, dtype=int)
-        if (indices < 0).any(): raise ValueError(f"frame indices must be >= 0, got {indices.min()}")
-        wanted, kept, last = set(indices.tolist()), {}, int(indices.max())
-        for i, f in enumerate(_decode(path, c)):
-            if i in wanted: kept[i] = _rgb(f)
-            if i >= last: break
-    missing = sorted(wanted - kept.keys())
-    if missing: raise VideoReadError(path, f"the stream ended before frame {missing[0]} (truncated or corrupt)")
-    return np.stack([kept[i] for i in indices.tolist()])
+        return _read_all(path, c) if indices is None else _read_indices(path, c, indices)
 
 # %% ../nbs/00_core.ipynb #e94db2ca
 def _check_frames(frames) -> np.ndarray:
@@ -307,35 +331,40 @@ def _check_frames(frames) -> np.ndarray:
         frames = frames.astype(np.uint8)
     return frames
 
+# %% ../nbs/00_core.ipynb #e94db2ca-1
+def _save_gif(frames, f, fps: float):
+    "Save uint8 frames (F,H,W,3) as a looping GIF to a path or a file object."
+    ims = [Image.fromarray(x) for x in frames]
+    ims[0].save(f, format='GIF', save_all=True, append_images=ims[1:], duration=round(1000/fps), loop=0)
+
+def _save_mp4(frames, path, fps: float):
+    "Save uint8 frames (F,H,W,3) as H.264 in yuv420p, an odd height or width padded by one edge pixel."
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
+    with av.open(str(path), mode='w', format='mp4') as c:
+        s = c.add_stream('libx264', rate=round(fps))
+        s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], 'yuv420p'
+        s.options = {'crf': '18'}
+        for f in frames: c.mux(s.encode(av.VideoFrame.from_ndarray(f, format='rgb24')))
+        c.mux(s.encode())
+
+# %% ../nbs/00_core.ipynb #e94db2ca-2
 def write_video(frames, path, fps: float = 8) -> Path:
     "Write uint8 (or [0,1] float) frames (F,H,W,3) to `path`: .mp4 (H.264) or .gif. Atomic."
     frames, path = _check_frames(frames), Path(path)
     ext = path.suffix.lower()
     if ext not in ('.mp4', '.gif'): raise ValueError(f"can only write .mp4 or .gif, not {path.name!r}")
-    with atomic_path(path) as tmp:
-        if ext == '.gif':
-            ims = [Image.fromarray(f) for f in frames]
-            ims[0].save(tmp, format='GIF', save_all=True, append_images=ims[1:], duration=round(1000/fps), loop=0)
-        else:
-            h, w = frames.shape[1:3]
-            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
-            with av.open(str(tmp), mode='w', format='mp4') as c:
-                s = c.add_stream('libx264', rate=round(fps))
-                s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], 'yuv420p'
-                s.options = {'crf': '18'}
-                for f in frames: c.mux(s.encode(av.VideoFrame.from_ndarray(f, format='rgb24')))
-                c.mux(s.encode())
+    with atomic_path(path) as tmp: (_save_gif if ext == '.gif' else _save_mp4)(frames, tmp, fps)
     return path
 
 # %% ../nbs/00_core.ipynb #401649ce
 def gif_bytes(frames, fps: float = 8) -> bytes:
     "The frames encoded as an animated GIF, in memory."
-    frames = _check_frames(frames)
-    ims = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
-    ims[0].save(buf, format='GIF', save_all=True, append_images=ims[1:], duration=round(1000/fps), loop=0)
+    _save_gif(_check_frames(frames), buf, fps)
     return buf.getvalue()
 
+# %% ../nbs/00_core.ipynb #401649ce-1
 class Video:
     "Frames (uint8, F x H x W x 3) and their frame rate, displayed inline in notebooks."
     def __init__(self, frames, fps: float = 8):
@@ -345,15 +374,21 @@ class Video:
     def save(self, path) -> Path:
         "Write to .mp4 or .gif."
         return write_video(self.frames, path, self.fps)
-    def _repr_html_(self, width: int|None = None):
-        width = width or max(128, min(384, self.frames.shape[2]))
-        b64 = base64.b64encode(gif_bytes(self.frames, self.fps)).decode()
-        return f'<img src="data:image/gif;base64,{b64}" width="{width}" style="image-rendering:pixelated"/>'
-    @classmethod
-    def read(cls, path, **kwargs):
-        "Read a video file (see `read_video` for the options)."
-        return cls(read_video(path, **kwargs), fps=video_info(path).fps or 8)
 
+# %% ../nbs/00_core.ipynb #vidpat01
+@patch
+def _repr_html_(self: Video, width: int|None = None):
+    "An <img> holding the frames as an animated GIF: what a notebook shows."
+    width = width or max(128, min(384, self.frames.shape[2]))
+    b64 = base64.b64encode(gif_bytes(self.frames, self.fps)).decode()
+    return f'<img src="data:image/gif;base64,{b64}" width="{width}" style="image-rendering:pixelated"/>'
+
+@patch(cls_method=True)
+def read(cls: Video, path, **kwargs):
+    "Read a video file (see `read_video` for the options)."
+    return cls(read_video(path, **kwargs), fps=video_info(path).fps or 8)
+
+# %% ../nbs/00_core.ipynb #401649ce-2
 def show_video(frames, fps: float = 8, width: int|None = None):
     "Display frames inline in a notebook as an animated GIF."
     from IPython.display import HTML, display
@@ -381,25 +416,32 @@ def frame_grid(videos, titles=None, n: int|None = 8, size: float = 1.2, suptitle
 MAX_IMAGE_PIXELS = 64_000_000        # 8000 x 8000: far more than a prompt needs, far less than fills memory
 IMAGE_FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP')    # what an image prompt may be; Pillow's other formats (EPS: Ghostscript) are never tried
 
+# %% ../nbs/00_core.ipynb #8c30ac56-1
+def _open_lazily(src, name: str, too_big: str) -> Image.Image:
+    "Pillow's open (the header only) among IMAGE_FORMATS; its errors become ValueErrors naming `name`."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            return Image.open(src, formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e: raise ValueError(f"{name} is too large to open ({e}): {too_big}") from None
+    except UnidentifiedImageError: raise ValueError(f"{name} is not a PNG, JPEG, GIF, BMP or WebP image: convert it to PNG") from None
+    except OSError as e: raise ValueError(f"{name} is not a readable image ({e})") from None
+
+# %% ../nbs/00_core.ipynb #8c30ac56-3
 def open_image(src, max_pixels: int = MAX_IMAGE_PIXELS, name: str|None = None) -> Image.Image:
     "A decoded PIL image from a path, bytes or a file object; ValueError if unreadable or over `max_pixels` (checked before decoding)."
     name = name or (repr(str(src)) if isinstance(src, (str, os.PathLike)) else 'the image')
     if isinstance(src, (str, os.PathLike)) and not Path(src).is_file(): raise FileNotFoundError(f"{name}: no such file")
     if isinstance(src, (bytes, bytearray, memoryview)): src = io.BytesIO(bytes(src))
     too_big = f"resize it to at most {max_pixels:,} pixels (e.g. 2000 x 2000 is plenty for an image prompt)"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            image = Image.open(src, formats=IMAGE_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e: raise ValueError(f"{name} is too large to open ({e}): {too_big}") from None
-    except UnidentifiedImageError: raise ValueError(f"{name} is not a PNG, JPEG, GIF, BMP or WebP image: convert it to PNG") from None
-    except OSError as e: raise ValueError(f"{name} is not a readable image ({e})") from None
+    image = _open_lazily(src, name, too_big)
     w, h = image.size
     if w * h > max_pixels: raise ValueError(f"{name} is {w} x {h} = {w*h:,} pixels: {too_big}")
     try: image.load()
     except (OSError, ValueError) as e: raise ValueError(f"{name} is not a readable image ({e})") from None
     return image
 
+# %% ../nbs/00_core.ipynb #8c30ac56-2
 def image_to_rgb(image: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     "uint8 RGB (H, W, 3) of a PIL image of any mode: upright (EXIF orientation), 16-bit scaled to 8, transparency on white."
     if image.width * image.height > max_pixels: raise ValueError(f"the image is {image.width} x {image.height} pixels, more than {max_pixels:,}: resize it")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 from PIL import Image
+from fastcore.basics import patch
 
 from .core import atomic_path, read_video, video_info, VideoReadError, sample_frame_indices, default_device, load_checkpoint, open_image, image_to_rgb
 from . import toyworld as tw
@@ -31,6 +32,7 @@ IRREGULAR_PLURALS = {'person': ['people', 'persons'], 'man': ['men'], 'woman': [
                      'mouse': ['mice'], 'goose': ['geese'], 'sheep': ['sheep'], 'deer': ['deer'], 'fish': ['fish', 'fishes'],
                      'ox': ['oxen'], 'foot': ['feet'], 'tooth': ['teeth'], 'knife': ['knives'], 'leaf': ['leaves']}
 
+# %% ../nbs/03_dataset.ipynb #679fed4b-1
 def plural_forms(word: str) -> list:
     "The plural(s) of an English noun (the last word of a phrase takes the plural)."
     *head, last = word.lower().split()
@@ -42,6 +44,7 @@ def plural_forms(word: str) -> list:
     else: forms = [last + 's']
     return [' '.join(head + [f]) for f in forms]
 
+# %% ../nbs/03_dataset.ipynb #679fed4b-2
 def keyword_regex(keyword: str) -> re.Pattern:
     "A case-insensitive whole-word regex for `keyword` and its plurals."
     forms = sorted({keyword.lower(), *plural_forms(keyword)}, key=len, reverse=True)
@@ -58,6 +61,7 @@ class SubjectMatch:
     end: int
     detector_class: str
 
+# %% ../nbs/03_dataset.ipynb #a4ab78ff-1
 class KeywordVocab:
     "Keywords -> detector class names, with whole-word, case-insensitive, plural-aware matching."
     def __init__(self, mapping: dict, name: str = 'custom'):
@@ -70,20 +74,24 @@ class KeywordVocab:
     @property
     def classes(self) -> set: return set(self.mapping.values())
 
-    def find(self, caption: str) -> SubjectMatch | None:
-        "The earliest keyword in `caption` (longest on ties), or None."
-        best = None
-        for k, rx in self._rx.items():
-            m = rx.search(caption or '')
-            if m and (best is None or (m.start(), -(m.end() - m.start())) < (best.start, -(best.end - best.start))):
-                best = SubjectMatch(k, m.group(0), m.start(), m.end(), self.mapping[k])
-        return best
+# %% ../nbs/03_dataset.ipynb #a4ab78ff-2
+@patch
+def find(self: KeywordVocab, caption: str) -> SubjectMatch | None:
+    "The earliest keyword in `caption` (longest on ties), or None."
+    best = None
+    for k, rx in self._rx.items():
+        m = rx.search(caption or '')
+        if m and (best is None or (m.start(), -(m.end() - m.start())) < (best.start, -(best.end - best.start))):
+            best = SubjectMatch(k, m.group(0), m.start(), m.end(), self.mapping[k])
+    return best
 
-    def check_classes(self, detector_classes):
-        "Raise if a keyword maps to a class the detector does not know."
-        missing = sorted(self.classes - set(detector_classes))
-        if missing: raise ValueError(f"the {self.name} vocabulary maps keywords to classes the detector does not have: {missing}; "
-                                     f"the detector knows {sorted(c for c in detector_classes if c != '__background__')}")
+# %% ../nbs/03_dataset.ipynb #a4ab78ff-3
+@patch
+def check_classes(self: KeywordVocab, detector_classes):
+    "Raise if a keyword maps to a class the detector does not know."
+    missing = sorted(self.classes - set(detector_classes))
+    if missing: raise ValueError(f"the {self.name} vocabulary maps keywords to classes the detector does not have: {missing}; "
+                                 f"the detector knows {sorted(c for c in detector_classes if c != '__background__')}")
 
 # %% ../nbs/03_dataset.ipynb #26d275ad
 def coco_categories() -> list:
@@ -91,6 +99,7 @@ def coco_categories() -> list:
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
     return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta['categories'])
 
+# %% ../nbs/03_dataset.ipynb #26d275ad-1
 _COCO_SYNONYMS = {
     'person': ['man', 'woman', 'boy', 'girl', 'child', 'kid', 'baby', 'people', 'guy', 'lady'],
     'dog': ['puppy', 'doggy'], 'cat': ['kitten', 'kitty', 'tiger', 'lion', 'leopard', 'cheetah'], 'bear': ['panda', 'polar bear'],
@@ -108,6 +117,7 @@ def coco_vocab() -> KeywordVocab:
         for w in words: mapping.setdefault(w, cls)
     return KeywordVocab(mapping, 'coco')
 
+# %% ../nbs/03_dataset.ipynb #26d275ad-2
 TOY_CLASSES = ['__background__', *tw.CATEGORIES]
 
 def toy_vocab() -> KeywordVocab:
@@ -133,17 +143,19 @@ class Detector:
         self.model.to(self.device).eval()
     def __repr__(self): return f"Detector({self.name!r}, {len(self.classes) - 1} classes, {self.device})"
 
-    @torch.no_grad()
-    def __call__(self, frames, batch_size: int = 16) -> list:
-        "Detections for uint8 RGB frames (N,H,W,3): a list of dicts with boxes (k,4), labels (names), scores (k,), masks (k,H,W) if any."
-        x, out = to_detector_input(frames, self.device), []
-        for i in range(0, len(x), batch_size):
-            for d in self.model(x[i:i + batch_size]):
-                r = dict(boxes=d['boxes'].float().cpu().numpy(), scores=d['scores'].float().cpu().numpy(),
-                         labels=[self.classes[int(l)] for l in d['labels']])
-                if 'masks' in d: r['masks'] = (d['masks'][:, 0] >= 0.5).cpu().numpy()
-                out.append(r)
-        return out
+# %% ../nbs/03_dataset.ipynb #75773624-1
+@patch
+@torch.no_grad()
+def __call__(self: Detector, frames, batch_size: int = 16) -> list:
+    "Detections for uint8 RGB frames (N,H,W,3): a list of dicts with boxes (k,4), labels (names), scores (k,), masks (k,H,W) if any."
+    x, out = to_detector_input(frames, self.device), []
+    for i in range(0, len(x), batch_size):
+        for d in self.model(x[i:i + batch_size]):
+            r = dict(boxes=d['boxes'].float().cpu().numpy(), scores=d['scores'].float().cpu().numpy(),
+                     labels=[self.classes[int(l)] for l in d['labels']])
+            if 'masks' in d: r['masks'] = (d['masks'][:, 0] >= 0.5).cpu().numpy()
+            out.append(r)
+    return out
 
 # %% ../nbs/03_dataset.ipynb #733afd8b
 def coco_detector(weights=None, arch: str = 'fasterrcnn_resnet50_fpn', device=None, **model_kwargs) -> Detector:
@@ -177,6 +189,7 @@ class ToyBackbone(nn.Sequential):
                          _conv(width, width, dilation=2), _conv(width, width, dilation=4))
         self.out_channels = width
 
+# %% ../nbs/03_dataset.ipynb #3a08b561-1
 TOY_DETECTOR_CONFIG = dict(size=64, width=48, hidden=128, anchor_sizes=(8, 16, 24, 32, 48))
 
 def toy_detector_model(size=64, width=48, hidden=128, anchor_sizes=(8, 16, 24, 32, 48), num_classes=len(TOY_CLASSES)):
@@ -204,11 +217,13 @@ def save_toy_detector(model: nn.Module, path, config: dict = TOY_DETECTOR_CONFIG
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
     return Path(path)
 
+# %% ../nbs/03_dataset.ipynb #9a239ea0-1
 def toy_detector_asset() -> Path:
     "The path of the toy detector shipped in the package."
     import vb_nb
     return Path(vb_nb.__file__).parent / 'assets' / 'toy_detector.safetensors'
 
+# %% ../nbs/03_dataset.ipynb #9a239ea0-2
 def load_toy_detector(path=None, device='cpu') -> Detector:
     "The toy detector from a .safetensors file (default: the one shipped in vb_nb/assets)."
     from safetensors import safe_open
@@ -236,6 +251,7 @@ def toyworld_detection_data(root, split: str = 'train', frames_per_clip: int = 4
         boxes.append(np.asarray(rec['boxes'], np.float32)[idx]); labels += [TOY_CLASSES.index(rec['category'])] * len(idx); clip += [c] * len(idx)
     return np.concatenate(frames), np.concatenate(boxes), np.array(labels), np.array(clip)
 
+# %% ../nbs/03_dataset.ipynb #5339e47a-1
 def _augment(x, boxes, g):
     "Random horizontal flip and colour-channel permutation of a batch (B,3,H,W) and its boxes."
     flip = torch.rand(len(x), generator=g) < 0.5
@@ -247,6 +263,19 @@ def _augment(x, boxes, g):
         if torch.rand(1, generator=g) < 0.5: x[i] = x[i][torch.randperm(3, generator=g)]
     return x, boxes
 
+# %% ../nbs/03_dataset.ipynb #5339e47a-2
+def _load_train_state(checkpoint, model, opt, sched) -> tuple:
+    "Load a toy detector's training checkpoint into model, opt and sched: (step, losses, rng state), or (0, [], None) if there is none."
+    if checkpoint is None or not Path(checkpoint).exists(): return 0, [], None
+    ck = load_checkpoint(checkpoint)                    # tensors and plain values only: nothing in it runs
+    model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
+    return ck['step'], ck['losses'], ck['rng']
+
+def _save_train_state(checkpoint, model, opt, sched, step: int, losses: list, g):
+    with atomic_path(checkpoint) as tmp:
+        torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step, losses=losses, rng=g.get_state()), tmp)
+
+# %% ../nbs/03_dataset.ipynb #5339e47a-3
 def train_toy_detector(model, frames, boxes, labels, steps: int = 2500, batch_size: int = 16, lr: float = 2e-3,
                        seed: int = 0, checkpoint=None, every: int = 250, progress: bool = True) -> list:
     "Train a toy FasterRCNN on frames/boxes/labels (AdamW, one-cycle); resumes from and saves to `checkpoint` every `every` steps. Returns the losses."
@@ -255,13 +284,9 @@ def train_toy_detector(model, frames, boxes, labels, steps: int = 2500, batch_si
     b_all, l_all = torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.int64)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    start, losses = 0, []
-    if checkpoint is not None and Path(checkpoint).exists():
-        ck = load_checkpoint(checkpoint)                    # tensors and plain values only: nothing in it runs
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
-        start, losses = ck['step'], ck['losses']
+    start, losses, rng = _load_train_state(checkpoint, model, opt, sched)
     g = torch.Generator().manual_seed(seed)
-    if start: g.set_state(ck['rng'])                                                  # the batches an uninterrupted run would draw
+    if start: g.set_state(rng)                                                        # the batches an uninterrupted run would draw
     model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='toy detector', disable=not progress)
     for step in bar:
@@ -272,8 +297,7 @@ def train_toy_detector(model, frames, boxes, labels, steps: int = 2500, batch_si
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0); opt.step(); sched.step()
         losses.append(loss.item()); bar.set_postfix(loss=f'{np.mean(losses[-50:]):.3f}')
         if checkpoint is not None and ((step + 1) % every == 0 or step + 1 == steps):
-            with atomic_path(checkpoint) as tmp:
-                torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step + 1, losses=losses, rng=g.get_state()), tmp)
+            _save_train_state(checkpoint, model, opt, sched, step + 1, losses, g)
     model.eval()
     return losses
 
@@ -283,6 +307,7 @@ def box_iou_np(a, b) -> float:
     from torchvision.ops import box_iou
     return float(box_iou(torch.as_tensor(np.asarray(a, np.float32)[None]), torch.as_tensor(np.asarray(b, np.float32)[None]))[0, 0])
 
+# %% ../nbs/03_dataset.ipynb #4eaccae5-1
 def best_box(detections: list, cls: str, score_thresh: float = 0.5, min_side: float = 0.0):
     "The highest-scoring box of class `cls` over a clip's frames: (frame position, box, score, mask or None), or (None, reason)."
     best, top = None, 0.0
@@ -297,6 +322,7 @@ def best_box(detections: list, cls: str, score_thresh: float = 0.5, min_side: fl
                       if top else f"no {cls!r} detected")
     return best
 
+# %% ../nbs/03_dataset.ipynb #4eaccae5-2
 def evaluate_detector(detector: Detector, frames, boxes, labels, clip_ids, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> dict:
     "Recall at `iou_thresh` and mean IoU per frame and per clip (best box across the clip's frames) on frames with one true box each."
     dets = detector(frames)
@@ -321,6 +347,7 @@ def crop_box(box, height: int, width: int) -> tuple:
     x2, y2 = min(int(math.ceil(box[2])), width), min(int(math.ceil(box[3])), height)
     return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
+# %% ../nbs/03_dataset.ipynb #70cba22e-1
 def pad_to_square(img: np.ndarray, fill: int = 255):
     "Centre an (h, w, 3) image on a `fill` square of side max(h, w): (square, (ox, oy, ox + w, oy + h))."
     h, w = img.shape[:2]; s = max(h, w)
@@ -329,6 +356,7 @@ def pad_to_square(img: np.ndarray, fill: int = 255):
     out[oy:oy + h, ox:ox + w] = img
     return out, (ox, oy, ox + w, oy + h)
 
+# %% ../nbs/03_dataset.ipynb #70cba22e-2
 def make_image_prompt(frame: np.ndarray, box, mask: np.ndarray | None = None):
     "Crop `box` from an RGB frame (whitening pixels outside `mask`), pad to a white square: (prompt uint8 (S,S,3), crop inside it)."
     frame = np.asarray(frame)
@@ -341,6 +369,7 @@ def make_image_prompt(frame: np.ndarray, box, mask: np.ndarray | None = None):
 MANIFEST_COLUMNS = ('videoid', 'page_dir', 'caption', 'keyword', 'subject', 'detector_class', 'frame_index', 'box', 'score',
                     'image_prompt', 'prompt_crop', 'mask_json', 'mask_source', 'video', 'status', 'reason')
 
+# %% ../nbs/03_dataset.ipynb #3bda0529-1
 _NOT_IN_NAMES = re.compile(r'[/\\\x00-\x1f\x7f]')
 
 def path_part(value, what: str = 'name') -> str:
@@ -351,6 +380,7 @@ def path_part(value, what: str = 'name') -> str:
                          "(a WebVid videoid is a number and its page_dir one folder name)")
     return v
 
+# %% ../nbs/03_dataset.ipynb #3bda0529-2
 def find_video(videos, row: dict) -> Path | None:
     "The video file of a WebVid row: <videos>/<page_dir>/<videoid>.mp4 or <videos>/<videoid>.mp4, None if neither exists."
     name = path_part(row['videoid'], 'videoid') + '.mp4'
@@ -359,16 +389,32 @@ def find_video(videos, row: dict) -> Path | None:
         if p.is_file(): return p
     return None
 
+# %% ../nbs/03_dataset.ipynb #3bda0529-3
 def clip_dir(out, row: dict) -> Path:
     "Where a clip's outputs go: <out>/clips/<page_dir>/<videoid>."
     page = path_part(row['page_dir'], 'page_dir') if row.get('page_dir') else '_'
     return Path(out) / 'clips' / page / path_part(row['videoid'], 'videoid')
 
+# %% ../nbs/03_dataset.ipynb #3bda0529-4
 def _save_png(arr, path):
     with atomic_path(path) as tmp: Image.fromarray(arr).save(tmp, format='PNG')
 
 def _write_json(obj, path):
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=1))
+
+# %% ../nbs/03_dataset.ipynb #clipfil1
+def _clip_mask(truth: dict | None, vid: str, fi: int, det_mask) -> tuple:
+    "The subject's mask in frame `fi` and where it comes from: the renderer's ('truth'), the detector's, or none ('box')."
+    if truth is not None and vid in truth: return tw.clip_masks(truth[vid])[fi], 'truth'
+    if det_mask is not None: return det_mask, 'detector'
+    return None, 'box'
+
+def _write_clip_files(folder: Path, prompt, mask, keyword: str, score: float, box: list, fi: int):
+    "A clip's image prompt, its mask and VideoBooth's mask.json (background 0, the subject 1 with its box and score)."
+    _save_png(prompt, folder / 'image_prompt.png')
+    _save_png(mask.astype(np.uint8) * 255, folder / 'mask_1.png')
+    _write_json([dict(value=0, label='background'),
+                 dict(value=1, label=keyword, logit=round(score, 4), box=box, frame_index=fi)], folder / 'mask.json')
 
 # %% ../nbs/03_dataset.ipynb #12b21f11
 def _text_lines(f, path):
@@ -378,6 +424,22 @@ def _text_lines(f, path):
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}, line {n}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line): save the file as UTF-8") from None
 
+# %% ../nbs/03_dataset.ipynb #12b21f11-1
+def _webvid_row(path, start: int, end: int, rec: list, header: list, seen: dict) -> dict | None:
+    "The CSV record `rec` (lines `start` to `end`) as a row, checked: one line, a field per column, plain-name ids, listed once (`seen`: folder -> line)."
+    if start != end: raise ValueError(f"{path}, line {start}: a quoted field runs on to line {end}, taking the rows between with it "
+                                      "(an unterminated quote?): close the quote; a WebVid row is one line")
+    if not rec: return None
+    if len(rec) != len(header): raise ValueError(f"{path}, line {start}: {len(rec)} fields for {len(header)} columns")
+    row = dict(zip(header, rec))
+    try: where = clip_dir('.', row)              # ids that are plain names, or ValueError
+    except ValueError as e: raise ValueError(f"{path}, line {start}: {e}; fix or remove the row") from None
+    if where in seen: raise ValueError(f"{path}, line {start}: video {row['videoid']!r} (page_dir {row.get('page_dir', '')!r}) is already on line {seen[where]}; "
+                                       "each clip is listed once (one folder of results each): remove one of the rows")
+    seen[where] = start
+    return row
+
+# %% ../nbs/03_dataset.ipynb #12b21f11-3
 def read_webvid_rows(path, required=('videoid', 'page_dir', 'name')) -> list:
     "Rows (dicts) of a WebVid-format CSV, read strictly; errors name the file and line."
     path = Path(path)
@@ -392,22 +454,15 @@ def read_webvid_rows(path, required=('videoid', 'page_dir', 'name')) -> list:
             end = reader.line_num
             for rec in reader:
                 start, end = end + 1, reader.line_num
-                if start != end: raise ValueError(f"{path}, line {start}: a quoted field runs on to line {end}, taking the rows between with it "
-                                                  "(an unterminated quote?): close the quote; a WebVid row is one line")
-                if not rec: continue
-                if len(rec) != len(header): raise ValueError(f"{path}, line {start}: {len(rec)} fields for {len(header)} columns")
-                row = dict(zip(header, rec))
-                try: where = clip_dir('.', row)              # ids that are plain names, or ValueError
-                except ValueError as e: raise ValueError(f"{path}, line {start}: {e}; fix or remove the row") from None
-                if where in seen: raise ValueError(f"{path}, line {start}: video {row['videoid']!r} (page_dir {row.get('page_dir', '')!r}) is already on line {seen[where]}; "
-                                                   "each clip is listed once (one folder of results each): remove one of the rows")
-                seen[where] = start; rows.append(row)
+                row = _webvid_row(path, start, end, rec, header, seen)
+                if row is not None: rows.append(row)
         except csv.Error as e:
             if 'end of data' in str(e): raise ValueError(f"{path}, line {end + 1}: a quoted field runs on to the end of the file, taking "
                                                          "the rows after it with it (an unterminated quote?): close the quote") from None
             raise ValueError(f"{path}, line {end + 1}: not valid CSV ({e}): an unterminated quote on this line or the ones before?") from None
     return rows
 
+# %% ../nbs/03_dataset.ipynb #12b21f11-2
 def read_truth(path) -> dict:
     "Toyworld ground-truth records (a .jsonl of JSON objects), keyed by video id; errors name the file and line."
     path = Path(path)
@@ -451,17 +506,12 @@ def process_clip(row: dict, videos, out, detector: Detector, vocab: KeywordVocab
     if best[0] is None: return done('no_detection', best[1])
     k, box, score, det_mask = best
     frame, fi = frames[k], int(idx[k])
-    mask, source = None, 'box'
-    if truth is not None and vid in truth: mask, source = tw.clip_masks(truth[vid])[fi], 'truth'
-    elif det_mask is not None: mask, source = det_mask, 'detector'
+    mask, source = _clip_mask(truth, vid, fi, det_mask)
     prompt, crop = make_image_prompt(frame, box, mask if mask_prompt else None)
     if mask is None:
         mask = np.zeros(frame.shape[:2], bool); x1, y1, x2, y2 = crop_box(box, *frame.shape[:2]); mask[y1:y2, x1:x2] = True
     box_r = [round(float(v), 2) for v in box]
-    _save_png(prompt, folder / 'image_prompt.png')
-    _save_png(mask.astype(np.uint8) * 255, folder / 'mask_1.png')
-    _write_json([dict(value=0, label='background'),
-                 dict(value=1, label=m.keyword, logit=round(score, 4), box=box_r, frame_index=fi)], folder / 'mask.json')
+    _write_clip_files(folder, prompt, mask, m.keyword, score, box_r, fi)
     rec.update(frame_index=fi, box=box_r, score=round(score, 4), image_prompt=rel(folder / 'image_prompt.png'),
                prompt_crop=list(crop), mask_json=rel(folder / 'mask.json'), mask_source=source)
     return done('ok')
@@ -475,6 +525,7 @@ def read_records(out, rows: list) -> list:
         if p.exists(): recs.append(json.loads(p.read_text()))
     return recs
 
+# %% ../nbs/03_dataset.ipynb #b16cce0c-1
 def write_manifest(out, rows: list) -> tuple:
     "Merge the records of `rows` into <out>/manifest.csv, atomically: (path, records written, rows still missing)."
     out = Path(out)
@@ -488,6 +539,7 @@ def write_manifest(out, rows: list) -> tuple:
         if len(read_records(out, rows)) == len(recs): break            # a shard finishing meanwhile: merge again
     return out / 'manifest.csv', len(recs), len(rows) - len(recs)
 
+# %% ../nbs/03_dataset.ipynb #b16cce0c-2
 def read_manifest(path, status: str | None = 'ok') -> list:
     "Rows of a manifest (lists and numbers parsed), only those with `status` unless it is None; a ValueError naming the file, the line and what is wrong."
     path = Path(path)
@@ -509,6 +561,7 @@ def read_manifest(path, status: str | None = 'ok') -> list:
             rows.append(r)
     return rows
 
+# %% ../nbs/03_dataset.ipynb #b16cce0c-3
 def shard_from_env() -> tuple:
     "(rank, world size) from RANK/WORLD_SIZE (torchrun, accelerate launch), else (0, 1)."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -521,6 +574,31 @@ def make_detector(kind: str = 'toy', weights=None, device=None) -> Detector:
     if kind == 'coco-mask': return coco_detector(weights, 'maskrcnn_resnet50_fpn', device)
     raise ValueError(f"unknown detector {kind!r}; choose toy, coco or coco-mask")
 
+# %% ../nbs/03_dataset.ipynb #5aeb240b-1
+def _check_out(out: Path, videos: Path):
+    "Refuse, before any work, a videos folder that is missing and an `out` whose parts have the wrong kind (a folder for a file)."
+    if not videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(videos)!r} (expected <videos>/<page_dir>/<videoid>.mp4)")
+    for p, what in ((out, 'a folder'), (out / 'manifest.csv', 'a file'), (out / 'build.json', 'a file')):   # said now, not after every clip is processed
+        if p.exists() and p.is_dir() != (what == 'a folder'): raise ValueError(f"{p} must be {what}: give another --out")
+
+def _check_settings(out: Path, settings: dict, csv_path, videos: Path):
+    "Record `settings` in <out>/build.json, or refuse them if the build there was made with others."
+    meta_path = out / 'build.json'
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old['settings'].get(k), v) for k, v in settings.items() if old['settings'].get(k) != v}
+        if diff: raise ValueError(f"{out} was built with other settings {diff} (old, new): use another --out, or the same settings to resume")
+    else: _write_json(dict(settings=settings, csv=str(Path(csv_path).resolve()), videos=str(videos.resolve())), meta_path)
+
+def _todo(out: Path, rows: list, retry_failed: bool) -> list:
+    "The rows without a record (and, with `retry_failed`, those whose video could not be read)."
+    todo = []
+    for r in rows:
+        p = clip_dir(out, r) / 'record.json'
+        if not p.exists() or (retry_failed and json.loads(p.read_text())['status'] == 'video_error'): todo.append(r)
+    return todo
+
+# %% ../nbs/03_dataset.ipynb #5aeb240b-2
 def build_dataset(csv_path, videos, out, detector: Detector | str = 'toy', vocab: KeywordVocab | None = None, truth=None,
                   shard: int | None = None, num_shards: int | None = None, n_frames: int = 4, score_thresh: float = 0.5,
                   min_box: float = 0.1, mask_prompt: bool = True, retry_failed: bool = False, limit: int | None = None,
@@ -528,9 +606,7 @@ def build_dataset(csv_path, videos, out, detector: Detector | str = 'toy', vocab
     "Build (or resume) the dataset of a WebVid-format CSV into `out`; returns a summary. `truth`: toyworld ground truth (path or dict) for masks."
     from tqdm.auto import tqdm
     out, videos = Path(out), Path(videos)
-    if not videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(videos)!r} (expected <videos>/<page_dir>/<videoid>.mp4)")
-    for p, what in ((out, 'a folder'), (out / 'manifest.csv', 'a file'), (out / 'build.json', 'a file')):   # said now, not after every clip is processed
-        if p.exists() and p.is_dir() != (what == 'a folder'): raise ValueError(f"{p} must be {what}: give another --out")
+    _check_out(out, videos)
     rows = read_webvid_rows(csv_path)[:limit]
     env_shard, env_n = shard_from_env()
     shard, num_shards = (env_shard if shard is None else shard), (env_n if num_shards is None else num_shards)
@@ -539,19 +615,10 @@ def build_dataset(csv_path, videos, out, detector: Detector | str = 'toy', vocab
     vocab = vocab or (toy_vocab() if detector.classes == TOY_CLASSES else coco_vocab())
     vocab.check_classes(detector.classes)
     if isinstance(truth, (str, Path)): truth = read_truth(truth)
-    settings = dict(detector=detector.name, vocab=vocab.name, n_frames=n_frames, score_thresh=score_thresh, min_box=min_box,
-                    mask_prompt=mask_prompt, truth_masks=truth is not None)
-    meta_path = out / 'build.json'
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        diff = {k: (old['settings'].get(k), v) for k, v in settings.items() if old['settings'].get(k) != v}
-        if diff: raise ValueError(f"{out} was built with other settings {diff} (old, new): use another --out, or the same settings to resume")
-    else: _write_json(dict(settings=settings, csv=str(Path(csv_path).resolve()), videos=str(videos.resolve())), meta_path)
+    _check_settings(out, dict(detector=detector.name, vocab=vocab.name, n_frames=n_frames, score_thresh=score_thresh, min_box=min_box,
+                              mask_prompt=mask_prompt, truth_masks=truth is not None), csv_path, videos)
     mine = rows[shard::num_shards]
-    todo = []
-    for r in mine:
-        p = clip_dir(out, r) / 'record.json'
-        if not p.exists() or (retry_failed and json.loads(p.read_text())['status'] == 'video_error'): todo.append(r)
+    todo = _todo(out, mine, retry_failed)
     t, counts = time.perf_counter(), {}
     for r in tqdm(todo, desc=f'dataset shard {shard}/{num_shards}', disable=not progress):
         rec = process_clip(r, videos, out, detector, vocab, truth, n_frames, score_thresh, min_box, mask_prompt)
@@ -577,6 +644,7 @@ def shrink_prompt(prompt: np.ndarray, crop, side: int, frac: float):
     else: y2 = max(y2 - cut, y1 + 1)
     return pad_to_square(prompt[y1:y2, x1:x2])
 
+# %% ../nbs/03_dataset.ipynb #886bd0ec-1
 def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
     "Resize (..., C, H, W) so the shorter side is `size` (antialiased bilinear), then centre-crop to size x size."
     import torch.nn.functional as F
@@ -592,18 +660,28 @@ def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
 class ClipFileError(OSError):
     "A clip's image prompt cannot be read, or its file leads outside its folder: training skips the clip (an OSError, like an unreadable file)."
 
+# %% ../nbs/03_dataset.ipynb #clipfe01-1
 def _inside(root: Path, rel: str, what: str) -> Path:
     "root/rel, if it stays inside `root` once symlinks are followed (a symlink in clips/ must not reach other files); ClipFileError otherwise."
     p = root / rel
     if not p.resolve().is_relative_to(root.resolve()): raise ClipFileError(f"the {what} {rel!r} leads outside {str(root)!r} (through a symbolic link)")
     return p
 
+# %% ../nbs/03_dataset.ipynb #clipfe01-2
 def _read_prompt(path: Path) -> np.ndarray:
     "A clip's image prompt as uint8 RGB; ClipFileError for a file that is not an image, or one too large (a decompression bomb), so the clip is skipped."
     try: return image_to_rgb(open_image(path, name=f"image prompt {str(path)!r}"))
     except (ValueError, FileNotFoundError) as e: raise ClipFileError(str(e)) from None
 
 # %% ../nbs/03_dataset.ipynb #1eb20287
+def _check_manifest_paths(root: Path, rows: list):
+    "Paths from a file must stay inside their folders: refuse an absolute one or one with '..'."
+    for r in rows:
+        for k in ('video', 'image_prompt'):
+            if Path(r[k]).is_absolute() or '..' in Path(r[k]).parts:
+                raise ValueError(f"{root / 'manifest.csv'}: the {k} of {r['videoid']!r}, {r[k]!r}, leads outside its folder")
+
+# %% ../nbs/03_dataset.ipynb #1eb20287-1
 class VideoPromptDataset(torch.utils.data.Dataset):
     "Training examples from a built dataset: frames in [-1, 1], caption, subject word, image prompt for CLIP and for the VAE."
     def __init__(self, root, videos=None, n_frames: int = 8, size: int = 64, window: int | None = None, clip_size: int = 224,
@@ -613,10 +691,7 @@ class VideoPromptDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.rows = read_manifest(self.root, status='ok')
         if not self.rows: raise ValueError(f"{self.root} has no usable clips (status 'ok') in its manifest")
-        for r in self.rows:                                   # paths from a file: they must stay inside their folders
-            for k in ('video', 'image_prompt'):
-                if Path(r[k]).is_absolute() or '..' in Path(r[k]).parts:
-                    raise ValueError(f"{self.root / 'manifest.csv'}: the {k} of {r['videoid']!r}, {r[k]!r}, leads outside its folder")
+        _check_manifest_paths(self.root, self.rows)
         meta = json.loads((self.root / 'build.json').read_text()) if (self.root / 'build.json').exists() else {}
         self.videos = Path(videos or meta.get('videos') or '')
         if not self.videos.is_dir(): raise FileNotFoundError(f"no videos folder at {str(self.videos)!r}: pass videos=")
@@ -629,36 +704,40 @@ class VideoPromptDataset(torch.utils.data.Dataset):
 
     def __len__(self): return len(self.rows)
 
-    def prompt(self, i: int, augment: bool | None = None) -> torch.Tensor:
-        "The (augmented) image prompt of item `i` as uint8 (3, S, S)."
-        r, augment = self.rows[i], self.augment if augment is None else augment
-        p = _read_prompt(_inside(self.root, r['image_prompt'], 'image prompt'))   # a bad file: ClipFileError, and the clip is skipped
-        if augment and self.shrink_p and torch.rand(1).item() < self.shrink_p:
-            lo, hi = self.shrink_range
-            p, _ = shrink_prompt(p, r['prompt_crop'], int(torch.randint(4, (1,))), lo + (hi - lo) * torch.rand(1).item())
-        x = torch.from_numpy(p.copy()).permute(2, 0, 1)
-        if augment:
-            x = self.affine(x)
-            if torch.rand(1).item() < self.flip_p: x = x.flip(-1)
-        return x
+# %% ../nbs/03_dataset.ipynb #1eb20287-2
+@patch
+def prompt(self: VideoPromptDataset, i: int, augment: bool | None = None) -> torch.Tensor:
+    "The (augmented) image prompt of item `i` as uint8 (3, S, S)."
+    r, augment = self.rows[i], self.augment if augment is None else augment
+    p = _read_prompt(_inside(self.root, r['image_prompt'], 'image prompt'))   # a bad file: ClipFileError, and the clip is skipped
+    if augment and self.shrink_p and torch.rand(1).item() < self.shrink_p:
+        lo, hi = self.shrink_range
+        p, _ = shrink_prompt(p, r['prompt_crop'], int(torch.randint(4, (1,))), lo + (hi - lo) * torch.rand(1).item())
+    x = torch.from_numpy(p.copy()).permute(2, 0, 1)
+    if augment:
+        x = self.affine(x)
+        if torch.rand(1).item() < self.flip_p: x = x.flip(-1)
+    return x
 
-    def __getitem__(self, i: int) -> dict:
-        r = self.rows[i]
-        path = _inside(self.videos, r['video'], 'video')
-        n = video_info(path).num_frames
-        window = min(self.window or n, n)
-        start = int(torch.randint(n - window + 1, (1,))) if self.augment else (n - window) // 2
-        frames = torch.from_numpy(read_video(path, n=self.n_frames, window=window, start=start)).permute(0, 3, 1, 2)
-        video = resize_short_side(frames, self.size) / 127.5 - 1
-        p = self.prompt(i)[None].float()
-        clip = (resize_short_side(p, self.clip_size)[0] / 255 - self.clip_mean) / self.clip_std
-        vae = resize_short_side(p, self.size)[0] / 127.5 - 1
-        return dict(pixel_values=video.clamp(-1, 1), caption=r['caption'], subject=r['subject'], keyword=r['keyword'],
-                    clip_pixel_values=clip, vae_pixel_values=vae.clamp(-1, 1), videoid=r['videoid'])
+# %% ../nbs/03_dataset.ipynb #1eb20287-3
+@patch
+def __getitem__(self: VideoPromptDataset, i: int) -> dict:
+    r = self.rows[i]
+    path = _inside(self.videos, r['video'], 'video')
+    n = video_info(path).num_frames
+    window = min(self.window or n, n)
+    start = int(torch.randint(n - window + 1, (1,))) if self.augment else (n - window) // 2
+    frames = torch.from_numpy(read_video(path, n=self.n_frames, window=window, start=start)).permute(0, 3, 1, 2)
+    video = resize_short_side(frames, self.size) / 127.5 - 1
+    p = self.prompt(i)[None].float()
+    clip = (resize_short_side(p, self.clip_size)[0] / 255 - self.clip_mean) / self.clip_std
+    vae = resize_short_side(p, self.size)[0] / 127.5 - 1
+    return dict(pixel_values=video.clamp(-1, 1), caption=r['caption'], subject=r['subject'], keyword=r['keyword'],
+                clip_pixel_values=clip, vae_pixel_values=vae.clamp(-1, 1), videoid=r['videoid'])
 
 # %% ../nbs/03_dataset.ipynb #736e5edd
-def main(argv=None):
-    "Command line: build the text-image-video dataset from a WebVid-format CSV and a folder of mp4s."
+def _dataset_parser():
+    "The options of `vb_nb_dataset` (see `main`)."
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_dataset', description=main.__doc__)
     ap.add_argument('--csv', required=True, help='WebVid-format CSV (videoid, page_dir, name, ...)')
@@ -677,6 +756,12 @@ def main(argv=None):
     ap.add_argument('--limit', type=int, default=None, help='only the first N rows of the CSV')
     ap.add_argument('--device', default=None)
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    return ap
+
+# %% ../nbs/03_dataset.ipynb #736e5edd-1
+def main(argv=None):
+    "Command line: build the text-image-video dataset from a WebVid-format CSV and a folder of mp4s."
+    ap = _dataset_parser()
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     videos = Path(a.videos) if a.videos else Path(a.csv).parent / 'videos'
