@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64, html, io, re, threading, warnings
 import numpy as np
 import ipywidgets as W
+from fastcore.basics import patch
 from PIL import Image, UnidentifiedImageError
 
 from .core import MAX_IMAGE_PIXELS, IMAGE_FORMATS, Video, gif_bytes
@@ -27,6 +28,7 @@ def _message(e: Exception) -> str:
     msg = re.sub(r'\s*<_io\.\w+ object at 0x[0-9a-f]+>', '', str(e)).strip()
     return msg if isinstance(e, (ValueError, OSError)) and msg else f"{type(e).__name__}: {msg}"
 
+# %% ../nbs/12_demo.ipynb #9b288830
 def read_upload(name: str, content: bytes) -> Image.Image:
     "An uploaded file as a PIL image; a ValueError naming the file and what is wrong with it."
     try:
@@ -37,94 +39,144 @@ def read_upload(name: str, content: bytes) -> Image.Image:
     except Exception as e: raise ValueError(f"{name} could not be read as an image ({_message(e)})") from None
     raise ValueError(f"{name} is {im.width}x{im.height} pixels, more than an image prompt needs: upload one under {MAX_IMAGE_PIXELS:,} pixels")
 
+# %% ../nbs/12_demo.ipynb #907e294e
 class Demo:
     "The widget app: `Demo().ui` in a notebook cell; `model=` as in `generate` (None: the embedded toy model); background=False generates in the caller's thread."
     def __init__(self, model=None, max_frames: int = 16, background: bool = True):
         self.model, self.examples, self.background = model, example_images(), background
-        prompt = 'a box drifts to the right in the sky'
-        subject = find_subject_word(prompt).lower()                          # the default image shows the default prompt's subject
-        self.example = W.Dropdown(options=[*self.examples, 'uploaded image'], description='image',
-                                  value=next((k for k in self.examples if k.split('_')[-1] == subject), None))
-        self.upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
-        self.preview = W.Image(format='png', width=96, height=96)
-        self.prompt = W.Text(value=prompt, description='prompt', layout=W.Layout(width='420px'))
-        self.subject = W.Text(value='', placeholder='found in the prompt', description='subject')
-        self.steps = W.IntSlider(value=25, min=2, max=100, description='steps')
-        self.text_guidance = W.FloatSlider(value=4.0, min=0, max=12, step=0.5, description='text guid.')
-        self.image_guidance = W.FloatSlider(value=2.0, min=0, max=12, step=0.5, description='image guid.')
-        self.frames = W.IntSlider(value=8, min=1, max=max_frames, description='frames')
-        self.seed = W.IntText(value=0, description='seed')
-        self.steer = W.Checkbox(value=False, description='steer the path', indent=False,
-                                tooltip='move a window of the starting noise the way the prompt says (left, right, up, down)')
-        self.button = W.Button(description='Generate', button_style='primary', icon='play')
-        self.progress = W.IntProgress(value=0, min=0, max=1, description='progress')
-        self.status = W.HTML()
-        self.video = W.HTML()
-        self.download = W.HTML()
+        self._make_inputs('a box drifts to the right in the sky')
+        self._make_settings(max_frames)
+        self._make_outputs()
         self.uploaded, self.last, self.error, self.runs = None, None, None, 0
         self._lock, self._busy, self._thread = threading.Lock(), False, None
-        self.example.observe(lambda _: self.show_prompt(), 'value')
-        self.upload.observe(self.on_upload, 'value')
-        self.button.on_click(self.on_generate)
+        self._connect()
         self.show_prompt()
-        controls = W.VBox([W.HBox([self.example, self.upload]), self.prompt, self.subject, self.steps, self.text_guidance,
-                           self.image_guidance, self.frames, self.seed, self.steer, W.HBox([self.button, self.progress]), self.status])
-        self.ui = W.HBox([W.VBox([self.preview]), controls, W.VBox([self.video, self.download])])
+        self.ui = self._layout()
 
-    def image(self):
-        "The chosen image prompt (a path or the uploaded image)."
-        if self.example.value == 'uploaded image':
-            if self.uploaded is None: raise ValueError("no image uploaded yet: use the upload button or pick an example")
-            return self.uploaded
-        return self.examples[self.example.value]
+# %% ../nbs/12_demo.ipynb #b9fbd020
+@patch
+def _make_inputs(self: Demo, prompt: str):
+    "The image prompt (an example, or an upload) and its preview; the text prompt and its subject."
+    subject = find_subject_word(prompt).lower()                          # the default image shows the default prompt's subject
+    self.example = W.Dropdown(options=[*self.examples, 'uploaded image'], description='image',
+                              value=next((k for k in self.examples if k.split('_')[-1] == subject), None))
+    self.upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
+    self.preview = W.Image(format='png', width=96, height=96)
+    self.prompt = W.Text(value=prompt, description='prompt', layout=W.Layout(width='420px'))
+    self.subject = W.Text(value='', placeholder='found in the prompt', description='subject')
 
-    def show_prompt(self):
-        try: self.preview.value = _png_bytes(load_image_prompt(self.image())); self.status.value = ''
-        except Exception as e: self.status.value = _error_html(_message(e))
+# %% ../nbs/12_demo.ipynb #cf694bd4
+@patch
+def _make_settings(self: Demo, max_frames: int):
+    "The sliders: the arguments of `generate` a user may change."
+    self.steps = W.IntSlider(value=25, min=2, max=100, description='steps')
+    self.text_guidance = W.FloatSlider(value=4.0, min=0, max=12, step=0.5, description='text guid.')
+    self.image_guidance = W.FloatSlider(value=2.0, min=0, max=12, step=0.5, description='image guid.')
+    self.frames = W.IntSlider(value=8, min=1, max=max_frames, description='frames')
+    self.seed = W.IntText(value=0, description='seed')
+    self.steer = W.Checkbox(value=False, description='steer the path', indent=False,
+                            tooltip='move a window of the starting noise the way the prompt says (left, right, up, down)')
 
-    def on_upload(self, change):
-        files = change['new']
-        if not files: return
-        try: self.uploaded = read_upload(files[0]['name'], bytes(files[0]['content']))
-        except ValueError as e: self.uploaded = None; self.status.value = _error_html(str(e)); return
-        self.example.value = 'uploaded image'; self.show_prompt()
+# %% ../nbs/12_demo.ipynb #a26fce52
+@patch
+def _make_outputs(self: Demo):
+    "The button, and what generation shows: progress, status line, video, download link."
+    self.button = W.Button(description='Generate', button_style='primary', icon='play')
+    self.progress = W.IntProgress(value=0, min=0, max=1, description='progress')
+    self.status, self.video, self.download = W.HTML(), W.HTML(), W.HTML()
 
-    def on_progress(self, i, n): self.progress.max, self.progress.value = n, i
+# %% ../nbs/12_demo.ipynb #e511d86e
+@patch
+def _connect(self: Demo):
+    "What each widget does when used."
+    self.example.observe(lambda _: self.show_prompt(), 'value')
+    self.upload.observe(self.on_upload, 'value')
+    self.button.on_click(self.on_generate)
 
-    def on_generate(self, _=None):
-        "Start generating with the current settings, in the background; ignored while a generation runs."
-        with self._lock:
-            if self._busy: return
-            self._busy = True
-        self.button.disabled, self.progress.value, self.status.value = True, 0, 'generating...'
-        if not self.background: return self._generate()
-        self._thread = threading.Thread(target=self._generate, daemon=True); self._thread.start()
+@patch
+def _layout(self: Demo) -> W.Widget:
+    "The image on the left, the controls in the middle, the video on the right."
+    controls = W.VBox([W.HBox([self.example, self.upload]), self.prompt, self.subject, self.steps, self.text_guidance,
+                       self.image_guidance, self.frames, self.seed, self.steer, W.HBox([self.button, self.progress]), self.status])
+    return W.HBox([W.VBox([self.preview]), controls, W.VBox([self.video, self.download])])
 
-    def wait(self, timeout: float|None = None):
-        "Wait for the running generation, if any, to finish."
-        if self._thread is not None: self._thread.join(timeout)
+# %% ../nbs/12_demo.ipynb #827410d0
+@patch
+def image(self: Demo):
+    "The chosen image prompt (a path or the uploaded image)."
+    if self.example.value == 'uploaded image':
+        if self.uploaded is None: raise ValueError("no image uploaded yet: use the upload button or pick an example")
+        return self.uploaded
+    return self.examples[self.example.value]
 
-    def _generate(self):
-        "Generate; show the video and a download link, or the error (whatever it is), and free the button."
-        self.runs, self.error = self.runs + 1, None
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
-                v = generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
-                             num_inference_steps=self.steps.value, guidance_scale=self.text_guidance.value,
-                             image_guidance_scale=self.image_guidance.value, seed=self.seed.value, steer=self.steer.value, progress=False,
-                             callback_on_step_end=lambda pipe, i, t, tensors: self.on_progress(i + 1, pipe.num_timesteps) or tensors)
-            self.last = v
-            self.video.value = v._repr_html_(width=256)
-            b64 = base64.b64encode(gif_bytes(v.frames, v.fps)).decode()
-            self.download.value = f'<a download="vb_nb.gif" href="data:image/gif;base64,{b64}">download the video (GIF)</a>'
-            plan = getattr(v, 'plan', None)
-            done = html.escape(str(plan)).replace('\n', '<br>') if plan is not None and plan.num_segments > 1 else 'done'
-            notes = ''.join(f'<br><span style="color:#a60">{html.escape(str(w.message))}</span>' for w in caught
-                            if issubclass(w.category, (PromptTruncatedWarning, PromptFallbackWarning)))   # the prompt's own warnings, not libraries'
-            self.status.value = done + notes
-        except Exception as e:
-            self.error = e; self.status.value = _error_html(_message(e))
-        finally:
-            self.button.disabled = False
-            with self._lock: self._busy = False
+@patch
+def show_prompt(self: Demo):
+    try: self.preview.value = _png_bytes(load_image_prompt(self.image())); self.status.value = ''
+    except Exception as e: self.status.value = _error_html(_message(e))
+
+# %% ../nbs/12_demo.ipynb #52d60555
+@patch
+def on_upload(self: Demo, change):
+    files = change['new']
+    if not files: return
+    try: self.uploaded = read_upload(files[0]['name'], bytes(files[0]['content']))
+    except ValueError as e: self.uploaded = None; self.status.value = _error_html(str(e)); return
+    self.example.value = 'uploaded image'; self.show_prompt()
+
+# %% ../nbs/12_demo.ipynb #d243edad
+@patch
+def on_progress(self: Demo, i, n): self.progress.max, self.progress.value = n, i
+
+@patch
+def on_generate(self: Demo, _=None):
+    "Start generating with the current settings, in the background; ignored while a generation runs."
+    with self._lock:
+        if self._busy: return
+        self._busy = True
+    self.button.disabled, self.progress.value, self.status.value = True, 0, 'generating...'
+    if not self.background: return self._generate()
+    self._thread = threading.Thread(target=self._generate, daemon=True); self._thread.start()
+
+@patch
+def wait(self: Demo, timeout: float|None = None):
+    "Wait for the running generation, if any, to finish."
+    if self._thread is not None: self._thread.join(timeout)
+
+# %% ../nbs/12_demo.ipynb #adb70ec7
+@patch
+def _call_generate(self: Demo) -> Video:
+    "`generate` with the current settings; each denoising step moves the progress bar."
+    return generate(self.image(), self.prompt.value, self.subject.value.strip() or None, self.model, num_frames=self.frames.value,
+                    num_inference_steps=self.steps.value, guidance_scale=self.text_guidance.value,
+                    image_guidance_scale=self.image_guidance.value, seed=self.seed.value, steer=self.steer.value, progress=False,
+                    callback_on_step_end=lambda pipe, i, t, tensors: self.on_progress(i + 1, pipe.num_timesteps) or tensors)
+
+# %% ../nbs/12_demo.ipynb #84dff16d
+@patch
+def _show(self: Demo, v: Video, caught):
+    "Show the video `v`, its download link, and the plan and the prompt's warnings in `caught` in the status line."
+    self.last = v
+    self.video.value = v._repr_html_(width=256)
+    b64 = base64.b64encode(gif_bytes(v.frames, v.fps)).decode()
+    self.download.value = f'<a download="vb_nb.gif" href="data:image/gif;base64,{b64}">download the video (GIF)</a>'
+    plan = getattr(v, 'plan', None)
+    done = html.escape(str(plan)).replace('\n', '<br>') if plan is not None and plan.num_segments > 1 else 'done'
+    notes = ''.join(f'<br><span style="color:#a60">{html.escape(str(w.message))}</span>' for w in caught
+                    if issubclass(w.category, (PromptTruncatedWarning, PromptFallbackWarning)))   # the prompt's own warnings, not libraries'
+    self.status.value = done + notes
+
+# %% ../nbs/12_demo.ipynb #edc8936b
+@patch
+def _generate(self: Demo):
+    "Generate; show the video and a download link, or the error (whatever it is), and free the button."
+    self.runs, self.error = self.runs + 1, None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            v = self._call_generate()
+        self._show(v, caught)
+    except Exception as e:
+        self.error = e; self.status.value = _error_html(_message(e))
+    finally:
+        self.button.disabled = False
+        with self._lock: self._busy = False

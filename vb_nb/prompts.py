@@ -12,6 +12,7 @@ from typing import Callable, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import torch
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TABLE1_PROMPT', 'TABLE1_EXAMPLE', 'TABLE1_TEMPLATE', 'SYSTEM_PROMPT', 'REFINE_EXAMPLE', 'REFINE_TEMPLATE',
@@ -36,6 +37,7 @@ def default_tokenizer():
     from vb_nb.clip import load_tokenizer
     return load_tokenizer()
 
+# %% ../nbs/11_prompts.ipynb #b478ea6f
 def count_tokens(text: str, tokenizer=None) -> int:
     "How many CLIP tokens `text` takes, start and end markers included."
     tokenizer = tokenizer or default_tokenizer()
@@ -71,6 +73,21 @@ Change the prompt above into one concrete sentence that describes what is visibl
 For example, the prompt "{example_prompt}" becomes:
 {example_answer}"""
 
+# %% ../nbs/11_prompts.ipynb #f9c756a8
+def _check_request(prompt, subject):
+    if not isinstance(prompt, str) or not prompt.strip(): raise ValueError(f"the prompt is empty: describe the video, e.g. 'a red ball bounces', got {prompt!r}")
+    if not mentions_subject(prompt, subject):
+        raise ValueError(f"the subject word {subject!r} does not occur in the prompt {prompt!r}: put it in the prompt or name the right subject")
+
+def refine_messages(prompt: str, subject: str, max_words: int = 40, template: str = REFINE_TEMPLATE) -> list[dict]:
+    "Chat messages asking an LLM to rewrite `prompt` into one concrete sentence (Table 1 style)."
+    _check_request(prompt, subject)
+    ex_prompt, ex_answer = REFINE_EXAMPLE
+    user = template.format(prompt=prompt.strip(), subject=subject, max_words=max_words, example=TABLE1_EXAMPLE,
+                           example_prompt=ex_prompt, example_answer=ex_answer)
+    return [dict(role='system', content=SYSTEM_PROMPT), dict(role='user', content=user)]
+
+# %% ../nbs/11_prompts.ipynb #72db08ea
 DECOMPOSE_EXAMPLE = ("a red ball rolls right, then falls down over a wooden floor", 'ball',
                      ["a red ball rolls to the right over a wooden floor", "a red ball falls down over a wooden floor"])
 
@@ -86,19 +103,7 @@ Prompt: {prompt}
 Subject word: {subject}
 Answer:"""
 
-def _check_request(prompt, subject):
-    if not isinstance(prompt, str) or not prompt.strip(): raise ValueError(f"the prompt is empty: describe the video, e.g. 'a red ball bounces', got {prompt!r}")
-    if not mentions_subject(prompt, subject):
-        raise ValueError(f"the subject word {subject!r} does not occur in the prompt {prompt!r}: put it in the prompt or name the right subject")
-
-def refine_messages(prompt: str, subject: str, max_words: int = 40, template: str = REFINE_TEMPLATE) -> list[dict]:
-    "Chat messages asking an LLM to rewrite `prompt` into one concrete sentence (Table 1 style)."
-    _check_request(prompt, subject)
-    ex_prompt, ex_answer = REFINE_EXAMPLE
-    user = template.format(prompt=prompt.strip(), subject=subject, max_words=max_words, example=TABLE1_EXAMPLE,
-                           example_prompt=ex_prompt, example_answer=ex_answer)
-    return [dict(role='system', content=SYSTEM_PROMPT), dict(role='user', content=user)]
-
+# %% ../nbs/11_prompts.ipynb #7943f97f
 def decompose_messages(prompt: str, subject: str, num_frames: int, max_segments: int|None = None, max_words: int = 40) -> list[dict]:
     "Chat messages asking an LLM to split `prompt` into an ordered JSON list of per-segment prompts."
     _check_request(prompt, subject)
@@ -143,6 +148,7 @@ def _phrase_re(phrases) -> str:
     "A regex alternative of `phrases`, longest first, whole words."
     return r'(?<!\w)(?:' + '|'.join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True)) + r')(?!\w)'
 
+# %% ../nbs/11_prompts.ipynb #2a9b96d3
 class ToyDirector:
     "Offline rule-based director: splits compound-motion captions ('drifts left, then up') into per-segment prompts."
     name = 'director'
@@ -154,139 +160,62 @@ class ToyDirector:
         self.scene_re = re.compile(r'(?:,\s*|\s+)(?:' + _phrase_re(scene_phrases) + '|' + _GENERIC_SCENE + r').*$', re.IGNORECASE)
         self.direction_re = re.compile(r'^' + _phrase_re(directions), re.IGNORECASE)
 
-    def split(self, prompt: str, subject: str) -> list[str]:
-        "The ordered per-segment prompts of `prompt` (just [prompt] if it tells no sequence)."
-        _check_request(prompt, subject)
-        parts = [p.strip() for p in _THEN.split(prompt.strip()) if p.strip()]
-        subj = subject_pattern(subject).search(parts[0]) if len(parts) > 1 else None
-        if subj is None: return [prompt.strip()]                 # no sequence, or the subject is named only later
-        scene, end = '', ''
-        for i, part in enumerate(parts):                        # the scene, wherever it is, ends every segment
-            if i == 0: part = part[subj.end():]                 # (but one before the subject is part of the lead)
-            if m := self.scene_re.search(part):
-                scene = m.group(0).strip(' ,'); parts[i] = parts[i][:len(parts[i]) - len(m.group(0))].rstrip(' ,'); break
-        if not scene and (m := re.search(r'[.!?]+$', parts[-1])): end = m.group(0); parts[-1] = parts[-1][:m.start()]
-        m = self.motion_re.search(parts[0], subj.end())
-        start = m.start() if m else subj.end()
-        lead, first = parts[0][:start].strip(), parts[0][start:].strip()
-        verb = '' if not first or self.direction_re.match(first) else first.split()[0]
-        segments = []
-        for i, part in enumerate(parts):
-            if i == 0: action = first
-            elif mentions_subject(part, subject): segments.append(' '.join(filter(None, [part, scene])) + end); continue
-            else: action = f"{verb} {part}" if verb and self.direction_re.match(part) and not self.motion_re.match(part) else part
-            segments.append(' '.join(filter(None, [lead, action, scene])) + end)
-        return segments
+# %% ../nbs/11_prompts.ipynb #5e7f7f55
+@patch
+def _take_scene(self: ToyDirector, parts: list[str], subj) -> tuple[str, str]:
+    "Cut the scene phrase out of `parts` (in place): (scene, end punctuation kept when there is no scene)."
+    scene, end = '', ''
+    for i, part in enumerate(parts):                        # the scene, wherever it is, ends every segment
+        if i == 0: part = part[subj.end():]                 # (but one before the subject is part of the lead)
+        if m := self.scene_re.search(part):
+            scene = m.group(0).strip(' ,'); parts[i] = parts[i][:len(parts[i]) - len(m.group(0))].rstrip(' ,'); break
+    if not scene and (m := re.search(r'[.!?]+$', parts[-1])): end = m.group(0); parts[-1] = parts[-1][:m.start()]
+    return scene, end
 
-    def complete(self, messages: list[dict]) -> str:
-        "Answer a request built by `refine_messages` or `decompose_messages`, as an LLM would."
-        text = _check_messages(messages)[-1]['content']
-        prompts = re.findall(r'^Prompt: (.*)$', text, re.MULTILINE)
-        subjects = re.findall(r'^Subject word: (.*)$', text, re.MULTILINE)
-        if not prompts or not subjects:
-            raise LLMError("the director only answers requests built by refine_messages() or decompose_messages()")
-        prompt, subject = prompts[-1].strip(), subjects[-1].strip()
-        if 'JSON list' not in text: return prompt
-        segments = self.split(prompt, subject)
-        m = re.search(r'1 to (\d+) stages', text)
-        if m and len(segments) > int(m.group(1)): segments = [prompt]
-        return json.dumps(segments)
+# %% ../nbs/11_prompts.ipynb #287e35c5
+@patch
+def _lead(self: ToyDirector, first_part: str, subj) -> tuple[str, str, str]:
+    "(lead, first action, its verb): the phrase that leads every segment, the first part's action, the verb a bare direction borrows."
+    m = self.motion_re.search(first_part, subj.end())
+    start = m.start() if m else subj.end()
+    lead, first = first_part[:start].strip(), first_part[start:].strip()
+    verb = '' if not first or self.direction_re.match(first) else first.split()[0]
+    return lead, first, verb
+
+# %% ../nbs/11_prompts.ipynb #b83f17d0
+@patch
+def split(self: ToyDirector, prompt: str, subject: str) -> list[str]:
+    "The ordered per-segment prompts of `prompt` (just [prompt] if it tells no sequence)."
+    _check_request(prompt, subject)
+    parts = [p.strip() for p in _THEN.split(prompt.strip()) if p.strip()]
+    subj = subject_pattern(subject).search(parts[0]) if len(parts) > 1 else None
+    if subj is None: return [prompt.strip()]                 # no sequence, or the subject is named only later
+    scene, end = self._take_scene(parts, subj)
+    lead, first, verb = self._lead(parts[0], subj)
+    segments = [' '.join(filter(None, [lead, first, scene])) + end]
+    for part in parts[1:]:
+        if mentions_subject(part, subject): segments.append(' '.join(filter(None, [part, scene])) + end); continue
+        action = f"{verb} {part}" if verb and self.direction_re.match(part) and not self.motion_re.match(part) else part
+        segments.append(' '.join(filter(None, [lead, action, scene])) + end)
+    return segments
+
+# %% ../nbs/11_prompts.ipynb #8250a53f
+@patch
+def complete(self: ToyDirector, messages: list[dict]) -> str:
+    "Answer a request built by `refine_messages` or `decompose_messages`, as an LLM would."
+    text = _check_messages(messages)[-1]['content']
+    prompts = re.findall(r'^Prompt: (.*)$', text, re.MULTILINE)
+    subjects = re.findall(r'^Subject word: (.*)$', text, re.MULTILINE)
+    if not prompts or not subjects:
+        raise LLMError("the director only answers requests built by refine_messages() or decompose_messages()")
+    prompt, subject = prompts[-1].strip(), subjects[-1].strip()
+    if 'JSON list' not in text: return prompt
+    segments = self.split(prompt, subject)
+    m = re.search(r'1 to (\d+) stages', text)
+    if m and len(segments) > int(m.group(1)): segments = [prompt]
+    return json.dumps(segments)
 
 # %% ../nbs/11_prompts.ipynb #3ed1e210
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ('localhost', 'localhost.'): return True
-    try: return ipaddress.ip_address(host.strip('[]')).is_loopback
-    except ValueError: return False
-
-class ChatCompletionsBackend:
-    "An OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server, ...)."
-    def __init__(self, base_url: str, model: str, api_key: str|None = None, timeout: float = 60.0, retries: int = 2,
-                 backoff: float = 0.5, temperature: float = 0.0, max_tokens: int = 256, seed: int|None = 0, extra: dict|None = None,
-                 max_reply_bytes: int = 2**20, max_retry_wait: float = 30.0):
-        import httpx
-        if not isinstance(base_url, str) or not re.match(r'^https?://[^/\s]+', base_url):
-            raise ValueError(f"base_url must be an http(s) URL such as 'http://localhost:11434/v1', got {base_url!r}")
-        if not model: raise ValueError("model must name the served model, e.g. 'llama3.2' for Ollama")
-        if not (0 < timeout < math.inf) or retries < 0: raise ValueError(f"timeout must be a finite number of seconds > 0 and retries >= 0, got timeout={timeout}, retries={retries}")
-        if not max_reply_bytes >= 1 or not 0 <= max_retry_wait < math.inf:
-            raise ValueError(f"max_reply_bytes must be >= 1 and max_retry_wait a finite number >= 0, got {max_reply_bytes}, {max_retry_wait}")
-        base = base_url.rstrip('/')
-        self.url = base if base.endswith('/chat/completions') else base + '/chat/completions'
-        self.model, self.timeout, self.retries, self.backoff = model, float(timeout), int(retries), float(backoff)
-        self.max_reply_bytes, self.max_retry_wait = int(max_reply_bytes), float(max_retry_wait)
-        self.params = dict(temperature=temperature, max_tokens=max_tokens, **({} if seed is None else dict(seed=seed)), **(extra or {}))
-        url = urlsplit(self.url)
-        if api_key and url.scheme == 'http' and not _is_loopback(url.hostname or ''):
-            warnings.warn(f"the API key goes to {url.hostname} over plain http, readable on the way: use https, or a server on this machine", UserWarning, stacklevel=2)
-        headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
-        self._httpx = httpx
-        self.client = httpx.Client(timeout=httpx.Timeout(self.timeout), headers=headers)
-
-    @property
-    def name(self): return f"{self.model}@{self.url.removesuffix('/chat/completions')}"
-    def __repr__(self): return f"ChatCompletionsBackend({self.name!r}, timeout={self.timeout}, retries={self.retries})"
-    def close(self): self.client.close()
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
-
-    def _fetch(self, payload, stop, out):
-        "POST `payload` and read the reply into `out` in chunks: stop early at `stop` or past max_reply_bytes."
-        try:
-            with self.client.stream('POST', self.url, json=payload) as r:
-                out.update(status=r.status_code, headers=r.headers, body=bytearray())
-                if int(r.headers.get('content-length') or 0) > self.max_reply_bytes: out['too_big'] = True; return
-                for chunk in r.iter_bytes():
-                    out['body'] += chunk
-                    if len(out['body']) > self.max_reply_bytes: out['too_big'] = True; return
-                    if stop.is_set(): return
-                out['done'] = True
-        except Exception as e: out['error'] = e
-
-    def _read(self, payload) -> dict:
-        "One request and its whole reply within `timeout` seconds, from connecting to the last byte."
-        stop, out = threading.Event(), {}
-        worker = threading.Thread(target=self._fetch, args=(payload, stop, out), daemon=True)
-        worker.start(); worker.join(self.timeout)
-        if worker.is_alive():
-            stop.set(); raise _Retry(f"no answer within {self.timeout:g} s")
-        if 'error' in out:
-            e = out['error']
-            if isinstance(e, self._httpx.TimeoutException): raise _Retry(f"no answer within {self.timeout:g} s")
-            if isinstance(e, self._httpx.TransportError): raise _Retry(f"cannot reach {self.url} ({type(e).__name__}: {printable(str(e))})")
-            raise e
-        if out.get('too_big'):
-            raise LLMError(f"{self.url} sent a reply of more than {self.max_reply_bytes} bytes (HTTP {out['status']}); reading stopped there. "
-                           "A chat answer is far smaller: check the URL, or raise max_reply_bytes")
-        return out
-
-    def _attempt(self, payload):
-        "One request: the answer's text, or raise _Retry (worth another try) or LLMError (not)."
-        r = self._read(payload)
-        status, text = r['status'], bytes(r['body']).decode('utf-8', errors='replace')
-        if status == 429 or status >= 500:
-            raise _Retry(f"HTTP {status}: {printable(text[:200])}", r['headers'].get('retry-after'))
-        if status >= 400:
-            raise LLMError(f"{self.url} answered HTTP {status}: {printable(text[:300])} "
-                           f"(check the base URL, the model name {self.model!r} and the API key)")
-        try:
-            content = json.loads(text)['choices'][0]['message']['content']
-            if content is not None and not isinstance(content, str): raise TypeError(f"content is a {type(content).__name__}")
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retry(f"malformed reply, not a chat completion ({type(e).__name__}: {e}): {text[:200]!r}")
-        return content or ''
-
-    def complete(self, messages: list[dict]) -> str:
-        "The assistant's answer to `messages`; retries transient failures, then raises LLMError."
-        payload = dict(model=self.model, messages=_check_messages(messages), stream=False, **self.params)
-        reasons = []
-        for attempt in range(self.retries + 1):
-            try: return self._attempt(payload)
-            except _Retry as e:
-                reasons.append(str(e))
-                if attempt < self.retries: time.sleep(e.wait(self.backoff * 2**attempt, self.max_retry_wait))
-        counts = {r: reasons.count(r) for r in reasons}
-        raise LLMError(f"{self.name} failed {len(reasons)} time(s): " + '; '.join(r + (f' (x{c})' if c > 1 else '') for r, c in counts.items()))
-
 class _Retry(Exception):
     def __init__(self, msg, retry_after=None): super().__init__(msg); self.retry_after = retry_after
     def wait(self, default: float, most: float) -> float:
@@ -296,51 +225,192 @@ class _Retry(Exception):
         if not math.isfinite(s) or s < 0: s = default
         return min(max(s, 0.0), most)
 
+# %% ../nbs/11_prompts.ipynb #de5339d5
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ('localhost', 'localhost.'): return True
+    try: return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError: return False
+
+def _check_chat_options(base_url, model, timeout, retries, max_reply_bytes, max_retry_wait):
+    "A ValueError saying which option of a chat backend cannot work."
+    if not isinstance(base_url, str) or not re.match(r'^https?://[^/\s]+', base_url):
+        raise ValueError(f"base_url must be an http(s) URL such as 'http://localhost:11434/v1', got {base_url!r}")
+    if not model: raise ValueError("model must name the served model, e.g. 'llama3.2' for Ollama")
+    if not (0 < timeout < math.inf) or retries < 0: raise ValueError(f"timeout must be a finite number of seconds > 0 and retries >= 0, got timeout={timeout}, retries={retries}")
+    if not max_reply_bytes >= 1 or not 0 <= max_retry_wait < math.inf:
+        raise ValueError(f"max_reply_bytes must be >= 1 and max_retry_wait a finite number >= 0, got {max_reply_bytes}, {max_retry_wait}")
+
+# %% ../nbs/11_prompts.ipynb #13382e87
+class ChatCompletionsBackend:
+    "An OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server, ...)."
+    def __init__(self, base_url: str, model: str, api_key: str|None = None, timeout: float = 60.0, retries: int = 2,
+                 backoff: float = 0.5, temperature: float = 0.0, max_tokens: int = 256, seed: int|None = 0, extra: dict|None = None,
+                 max_reply_bytes: int = 2**20, max_retry_wait: float = 30.0):
+        import httpx
+        _check_chat_options(base_url, model, timeout, retries, max_reply_bytes, max_retry_wait)
+        base = base_url.rstrip('/')
+        self.url = base if base.endswith('/chat/completions') else base + '/chat/completions'
+        self.model, self.timeout, self.retries, self.backoff = model, float(timeout), int(retries), float(backoff)
+        self.max_reply_bytes, self.max_retry_wait = int(max_reply_bytes), float(max_retry_wait)
+        self.params = dict(temperature=temperature, max_tokens=max_tokens, **({} if seed is None else dict(seed=seed)), **(extra or {}))
+        self._httpx = httpx
+        self.client = self._client(api_key)
+
+# %% ../nbs/11_prompts.ipynb #326d66bd
+@patch
+def _client(self: ChatCompletionsBackend, api_key):
+    "An httpx client sending `api_key`; a warning if the key would cross the network in clear text."
+    url = urlsplit(self.url)
+    if api_key and url.scheme == 'http' and not _is_loopback(url.hostname or ''):
+        warnings.warn(f"the API key goes to {url.hostname} over plain http, readable on the way: use https, or a server on this machine", UserWarning, stacklevel=3)
+    headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
+    return self._httpx.Client(timeout=self._httpx.Timeout(self.timeout), headers=headers)
+
+# %% ../nbs/11_prompts.ipynb #49f7bd38
+@patch(as_prop=True)
+def name(self: ChatCompletionsBackend): return f"{self.model}@{self.url.removesuffix('/chat/completions')}"
+@patch
+def __repr__(self: ChatCompletionsBackend): return f"ChatCompletionsBackend({self.name!r}, timeout={self.timeout}, retries={self.retries})"
+@patch
+def close(self: ChatCompletionsBackend): self.client.close()
+@patch
+def __enter__(self: ChatCompletionsBackend): return self
+@patch
+def __exit__(self: ChatCompletionsBackend, *exc): self.close()
+
+# %% ../nbs/11_prompts.ipynb #a7d3ceb6
+@patch
+def _fetch(self: ChatCompletionsBackend, payload, stop, out):
+    "POST `payload` and read the reply into `out` in chunks: stop early at `stop` or past max_reply_bytes."
+    try:
+        with self.client.stream('POST', self.url, json=payload) as r:
+            out.update(status=r.status_code, headers=r.headers, body=bytearray())
+            if int(r.headers.get('content-length') or 0) > self.max_reply_bytes: out['too_big'] = True; return
+            for chunk in r.iter_bytes():
+                out['body'] += chunk
+                if len(out['body']) > self.max_reply_bytes: out['too_big'] = True; return
+                if stop.is_set(): return
+            out['done'] = True
+    except Exception as e: out['error'] = e
+
+# %% ../nbs/11_prompts.ipynb #849f8d55
+@patch
+def _read(self: ChatCompletionsBackend, payload) -> dict:
+    "One request and its whole reply within `timeout` seconds, from connecting to the last byte."
+    stop, out = threading.Event(), {}
+    worker = threading.Thread(target=self._fetch, args=(payload, stop, out), daemon=True)
+    worker.start(); worker.join(self.timeout)
+    if worker.is_alive():
+        stop.set(); raise _Retry(f"no answer within {self.timeout:g} s")
+    if 'error' in out: self._raise_failure(out['error'])
+    if out.get('too_big'):
+        raise LLMError(f"{self.url} sent a reply of more than {self.max_reply_bytes} bytes (HTTP {out['status']}); reading stopped there. "
+                       "A chat answer is far smaller: check the URL, or raise max_reply_bytes")
+    return out
+
+@patch
+def _raise_failure(self: ChatCompletionsBackend, e: Exception):
+    "Raise the failure of a try: as _Retry when another try may succeed (time-out, connection), else as it is."
+    if isinstance(e, self._httpx.TimeoutException): raise _Retry(f"no answer within {self.timeout:g} s")
+    if isinstance(e, self._httpx.TransportError): raise _Retry(f"cannot reach {self.url} ({type(e).__name__}: {printable(str(e))})")
+    raise e
+
+# %% ../nbs/11_prompts.ipynb #72683fe6
+def _chat_content(text: str) -> str:
+    "The answer's text in the body of a chat-completions reply; _Retry if the body is not one."
+    try:
+        content = json.loads(text)['choices'][0]['message']['content']
+        if content is not None and not isinstance(content, str): raise TypeError(f"content is a {type(content).__name__}")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise _Retry(f"malformed reply, not a chat completion ({type(e).__name__}: {e}): {text[:200]!r}")
+    return content or ''
+
+# %% ../nbs/11_prompts.ipynb #d56ae039
+@patch
+def _attempt(self: ChatCompletionsBackend, payload):
+    "One request: the answer's text, or raise _Retry (worth another try) or LLMError (not)."
+    r = self._read(payload)
+    status, text = r['status'], bytes(r['body']).decode('utf-8', errors='replace')
+    if status == 429 or status >= 500:
+        raise _Retry(f"HTTP {status}: {printable(text[:200])}", r['headers'].get('retry-after'))
+    if status >= 400:
+        raise LLMError(f"{self.url} answered HTTP {status}: {printable(text[:300])} "
+                       f"(check the base URL, the model name {self.model!r} and the API key)")
+    return _chat_content(text)
+
+# %% ../nbs/11_prompts.ipynb #70489b09
+@patch
+def complete(self: ChatCompletionsBackend, messages: list[dict]) -> str:
+    "The assistant's answer to `messages`; retries transient failures, then raises LLMError."
+    payload = dict(model=self.model, messages=_check_messages(messages), stream=False, **self.params)
+    reasons = []
+    for attempt in range(self.retries + 1):
+        try: return self._attempt(payload)
+        except _Retry as e:
+            reasons.append(str(e))
+            if attempt < self.retries: time.sleep(e.wait(self.backoff * 2**attempt, self.max_retry_wait))
+    counts = {r: reasons.count(r) for r in reasons}
+    raise LLMError(f"{self.name} failed {len(reasons)} time(s): " + '; '.join(r + (f' (x{c})' if c > 1 else '') for r, c in counts.items()))
+
 # %% ../nbs/11_prompts.ipynb #23d98d81
+class _ChatHandler(BaseHTTPRequestHandler):
+    "Answers HTTP requests for `owner`, a ChatServer."
+    owner = None
+    def log_message(self, *args): pass
+    def _send(self, status, body: bytes, ctype='application/json'):
+        try:
+            self.send_response(status); self.send_header('Content-Type', ctype)
+            self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError): pass          # the client gave up (timed out)
+
+# %% ../nbs/11_prompts.ipynb #4e45cf61
+@patch
+def do_GET(self: _ChatHandler):
+    if self.path.rstrip('/').endswith('/models'):
+        return self._send(200, json.dumps(dict(object='list', data=[dict(id=self.owner.model, object='model')])).encode())
+    self._send(404, b'{"error": {"message": "not found"}}')
+@patch
+def do_POST(self: _ChatHandler):
+    if not self.path.rstrip('/').endswith('/chat/completions'):
+        return self._send(404, b'{"error": {"message": "POST /v1/chat/completions"}}')
+    try: request = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
+    except ValueError: return self._send(400, b'{"error": {"message": "the body is not JSON"}}')
+    self.owner.requests.append(request); self.owner.headers.append(dict(self.headers))
+    self._send(*self.owner.respond(request))
+
+# %% ../nbs/11_prompts.ipynb #f0abb7b3
 class ChatServer:
     "Serve a prompt backend over the OpenAI chat-completions protocol on a local port (background thread)."
     def __init__(self, backend: PromptBackend, host: str = '127.0.0.1', port: int = 0, model: str = 'vb_nb'):
         self.backend, self.model, self.requests, self.headers = backend, model, [], []
-        owner = self
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args): pass
-            def _send(self, status, body: bytes, ctype='application/json'):
-                try:
-                    self.send_response(status); self.send_header('Content-Type', ctype)
-                    self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError): pass          # the client gave up (timed out)
-            def do_GET(self):
-                if self.path.rstrip('/').endswith('/models'):
-                    return self._send(200, json.dumps(dict(object='list', data=[dict(id=owner.model, object='model')])).encode())
-                self._send(404, b'{"error": {"message": "not found"}}')
-            def do_POST(self):
-                if not self.path.rstrip('/').endswith('/chat/completions'):
-                    return self._send(404, b'{"error": {"message": "POST /v1/chat/completions"}}')
-                try: request = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
-                except ValueError: return self._send(400, b'{"error": {"message": "the body is not JSON"}}')
-                owner.requests.append(request); owner.headers.append(dict(self.headers))
-                self._send(*owner.respond(request))
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), type('Handler', (_ChatHandler,), dict(owner=self)))
         self.httpd.daemon_threads = True
         self.thread = None
 
-    def respond(self, request: dict) -> tuple[int, bytes]:
-        "HTTP status and body answering one chat-completions request."
-        try: text = self.backend.complete(request.get('messages'))
-        except (LLMError, ValueError) as e: return 500, json.dumps(dict(error=dict(message=str(e)))).encode()
-        return 200, json.dumps(dict(id=f'chatcmpl-{len(self.requests)}', object='chat.completion', created=int(time.time()),
-            model=request.get('model', self.model), choices=[dict(index=0, finish_reason='stop',
-            message=dict(role='assistant', content=text))])).encode()
+# %% ../nbs/11_prompts.ipynb #1c52b35d
+@patch
+def respond(self: ChatServer, request: dict) -> tuple[int, bytes]:
+    "HTTP status and body answering one chat-completions request."
+    try: text = self.backend.complete(request.get('messages'))
+    except (LLMError, ValueError) as e: return 500, json.dumps(dict(error=dict(message=str(e)))).encode()
+    return 200, json.dumps(dict(id=f'chatcmpl-{len(self.requests)}', object='chat.completion', created=int(time.time()),
+        model=request.get('model', self.model), choices=[dict(index=0, finish_reason='stop',
+        message=dict(role='assistant', content=text))])).encode()
 
-    @property
-    def url(self) -> str: return f"http://{self.httpd.server_address[0]}:{self.httpd.server_address[1]}/v1"
-    def start(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True); self.thread.start(); return self
-    def stop(self):
-        if self.thread: self.httpd.shutdown(); self.thread.join(); self.thread = None
-        self.httpd.server_close()
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+# %% ../nbs/11_prompts.ipynb #eee083c3
+@patch(as_prop=True)
+def url(self: ChatServer) -> str: return f"http://{self.httpd.server_address[0]}:{self.httpd.server_address[1]}/v1"
+@patch
+def start(self: ChatServer):
+    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True); self.thread.start(); return self
+@patch
+def stop(self: ChatServer):
+    if self.thread: self.httpd.shutdown(); self.thread.join(); self.thread = None
+    self.httpd.server_close()
+@patch
+def __enter__(self: ChatServer): return self.start()
+@patch
+def __exit__(self: ChatServer, *exc): self.stop()
 
 # %% ../nbs/11_prompts.ipynb #deadln01
 @contextlib.contextmanager
@@ -357,17 +427,22 @@ def _deadline(seconds: float, what: str):
     finally: sys.settrace(old)
 
 # %% ../nbs/11_prompts.ipynb #a019efa0
+def _check_model_folder(path, timeout: float) -> Path:
+    "`path` as a Path if it holds a saved transformers model and `timeout` is sane; else an error saying what to give."
+    path = Path(path)
+    if not (0 < timeout < math.inf): raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+    if not (path/'config.json').is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a saved transformers model (no config.json): give the folder "
+                                "written by model.save_pretrained() and tokenizer.save_pretrained()")
+    return path
+
+# %% ../nbs/11_prompts.ipynb #e10518d7
 class TransformersBackend:
     "A local causal LM loaded from a folder with transformers' AutoModelForCausalLM and AutoTokenizer."
     def __init__(self, path, device=None, dtype=None, max_new_tokens: int = 160, do_sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, timeout: float = 60.0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        path = Path(path)
-        if not (0 < timeout < math.inf): raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
-        if not (path/'config.json').is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a saved transformers model (no config.json): give the folder "
-                                    "written by model.save_pretrained() and tokenizer.save_pretrained()")
-        self.path = path
+        self.path = path = _check_model_folder(path, timeout)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).eval()
         if device is not None: self.model.to(device)
@@ -375,44 +450,55 @@ class TransformersBackend:
                         **(dict(temperature=temperature, top_p=top_p) if do_sample else {}))
         self.seed, self.timeout = seed, float(timeout)
 
-    @property
-    def name(self): return f"transformers:{self.path.name}"
-    def __repr__(self): return f"TransformersBackend({str(self.path)!r})"
+# %% ../nbs/11_prompts.ipynb #0ed92d5a
+@patch(as_prop=True)
+def name(self: TransformersBackend): return f"transformers:{self.path.name}"
+@patch
+def __repr__(self: TransformersBackend): return f"TransformersBackend({str(self.path)!r})"
+@patch
+def encode(self: TransformersBackend, messages: list[dict]) -> dict:
+    "Token ids of the request: the chat template if the tokenizer has one, else a plain transcript."
+    tok, messages = self.tokenizer, _check_messages(messages)
+    if getattr(tok, 'chat_template', None):
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors='pt')
+    else:
+        text = ''.join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + 'Assistant:'
+        enc = tok(text, return_tensors='pt')
+    return {k: v.to(self.model.device) for k, v in enc.items() if k in ('input_ids', 'attention_mask')}
 
-    def encode(self, messages: list[dict]) -> dict:
-        "Token ids of the request: the chat template if the tokenizer has one, else a plain transcript."
-        tok, messages = self.tokenizer, _check_messages(messages)
-        if getattr(tok, 'chat_template', None):
-            enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors='pt')
-        else:
-            text = ''.join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + 'Assistant:'
-            enc = tok(text, return_tensors='pt')
-        return {k: v.to(self.model.device) for k, v in enc.items() if k in ('input_ids', 'attention_mask')}
+# %% ../nbs/11_prompts.ipynb #3e5d095c
+@patch
+def _check_context(self: TransformersBackend, n_in: int):
+    "LLMError if a request of `n_in` tokens and its answer do not fit in the model's context."
+    cfg = self.model.config
+    limit = getattr(cfg, 'max_position_embeddings', None) or getattr(cfg, 'n_positions', None)
+    if limit and n_in + self.gen['max_new_tokens'] > limit:
+        raise LLMError(f"the request takes {n_in} tokens and the answer up to {self.gen['max_new_tokens']}, "
+                       f"but {self.name} reads at most {limit}: use a model with a longer context or fewer max_new_tokens")
 
-    def complete(self, messages: list[dict]) -> str:
-        "Generate the assistant's answer, chat template and all within `timeout` seconds (else LLMError)."
-        start = time.monotonic()
-        try:
-            with _deadline(self.timeout, "rendering the model's chat template"): inputs = self.encode(messages)
-        except TimeoutError as e: raise LLMError(f"{self.name}: {e} (a template that loops?): no answer within {self.timeout:g} s") from None
-        n_in, cfg = inputs['input_ids'].shape[1], self.model.config
-        limit = getattr(cfg, 'max_position_embeddings', None) or getattr(cfg, 'n_positions', None)
-        if limit and n_in + self.gen['max_new_tokens'] > limit:
-            raise LLMError(f"the request takes {n_in} tokens and the answer up to {self.gen['max_new_tokens']}, "
-                           f"but {self.name} reads at most {limit}: use a model with a longer context or fewer max_new_tokens")
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.seed)
-            out = self.model.generate(**inputs, **self.gen, pad_token_id=pad, max_time=max(0.0, self.timeout - (time.monotonic() - start)))
-        if time.monotonic() - start >= self.timeout: raise LLMError(f"{self.name}: no answer within {self.timeout:g} s")
-        return tok.decode(out[0, n_in:], skip_special_tokens=True).strip()
+# %% ../nbs/11_prompts.ipynb #8c54f3fc
+@patch
+def complete(self: TransformersBackend, messages: list[dict]) -> str:
+    "Generate the assistant's answer, chat template and all within `timeout` seconds (else LLMError)."
+    start = time.monotonic()
+    try:
+        with _deadline(self.timeout, "rendering the model's chat template"): inputs = self.encode(messages)
+    except TimeoutError as e: raise LLMError(f"{self.name}: {e} (a template that loops?): no answer within {self.timeout:g} s") from None
+    n_in = inputs['input_ids'].shape[1]
+    self._check_context(n_in)
+    tok = self.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(self.seed)
+        out = self.model.generate(**inputs, **self.gen, pad_token_id=pad, max_time=max(0.0, self.timeout - (time.monotonic() - start)))
+    if time.monotonic() - start >= self.timeout: raise LLMError(f"{self.name}: no answer within {self.timeout:g} s")
+    return tok.decode(out[0, n_in:], skip_special_tokens=True).strip()
 
 # %% ../nbs/11_prompts.ipynb #0ce8a672
-def save_tiny_causal_lm(path, words=(), chat_template: bool = True, n_positions: int = 1024, seed: int = 0):
-    "Save a tiny random GPT-2 and a word-level tokenizer of `words` (plus the templates' words) to `path`: for tests."
+def _tiny_tokenizer(words=(), chat_template: bool = True):
+    "A word-level tokenizer of `words` and the templates' words, with a minimal chat template if asked."
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
     text = ' '.join(['system user assistant System User Assistant', SYSTEM_PROMPT, REFINE_TEMPLATE, DECOMPOSE_TEMPLATE,
                      *REFINE_EXAMPLE, *DECOMPOSE_EXAMPLE[2], *words])
     split = pre_tokenizers.BertPreTokenizer()
@@ -423,6 +509,13 @@ def save_tiny_causal_lm(path, words=(), chat_template: bool = True, n_positions:
     if chat_template:
         tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
                              "{% if add_generation_prompt %}assistant : {% endif %}")
+    return tok
+
+# %% ../nbs/11_prompts.ipynb #850b927b
+def save_tiny_causal_lm(path, words=(), chat_template: bool = True, n_positions: int = 1024, seed: int = 0):
+    "Save a tiny random GPT-2 and a word-level tokenizer of `words` (plus the templates' words) to `path`: for tests."
+    from transformers import GPT2Config, GPT2LMHeadModel
+    tok = _tiny_tokenizer(words, chat_template)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
                                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
@@ -438,6 +531,7 @@ def _strip_answer(text) -> str:
     text = re.sub(r'<think>.*?(?:</think>|$)', '', text or '', flags=re.DOTALL | re.IGNORECASE).strip()
     return re.sub(r'^```[\w-]*\s*|\s*```$', '', text).strip()
 
+# %% ../nbs/11_prompts.ipynb #0276f5af
 def parse_prompt_list(answer: str) -> list[str]:
     "The first JSON list of strings in an LLM answer (also inside {'prompts': [...]}); ValueError if none."
     text, decoder = _strip_answer(answer), json.JSONDecoder()
@@ -452,6 +546,7 @@ def parse_prompt_list(answer: str) -> list[str]:
         if isinstance(obj, list) and obj and all(isinstance(x, str) for x in obj): return [' '.join(x.split()) for x in obj]
     raise ValueError(f"the answer holds no JSON list of strings: {str(answer)[:120]!r}")
 
+# %% ../nbs/11_prompts.ipynb #8a7f8fba
 def parse_sentence(answer: str) -> str:
     "The prompt in a one-sentence LLM answer: without a preamble line, a label or quotes."
     text = _strip_answer(answer)
@@ -461,6 +556,7 @@ def parse_sentence(answer: str) -> str:
     if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'`': text = text[1:-1]
     return ' '.join(text.split())
 
+# %% ../nbs/11_prompts.ipynb #ee08bc86
 def prompt_problem(text: str, subject: str, tokenizer=None, max_tokens: int|None = None) -> str|None:
     "Why `text` cannot be used as a prompt for `subject` (empty, no subject word, too long), or None if it can."
     if not text or not text.strip(): return "the answer is empty"
@@ -479,6 +575,7 @@ def _ask(backend, messages):
     if answer is not None and not isinstance(answer, str): return None, f"the backend returned a {type(answer).__name__}, not text"
     return (None if answer is None else printable(answer)), None
 
+# %% ../nbs/11_prompts.ipynb #dda8050a
 @contextlib.contextmanager
 def _backend(spec):
     "The backend of `spec`; closed afterwards if it was made here (an HTTP client) rather than passed in."
@@ -487,6 +584,7 @@ def _backend(spec):
     finally:
         if backend is not spec and hasattr(backend, 'close'): backend.close()
 
+# %% ../nbs/11_prompts.ipynb #0d799c2c
 def _refine(prompt, subject, backend, tokenizer=None, max_tokens=None, max_words=40, template=REFINE_TEMPLATE):
     "(refined prompt, None) or (original prompt, reason for falling back)."
     answer, err = _ask(backend, refine_messages(prompt, subject, max_words, template))
@@ -494,6 +592,7 @@ def _refine(prompt, subject, backend, tokenizer=None, max_tokens=None, max_words
     text = parse_sentence(answer)
     return (prompt, problem) if (problem := prompt_problem(text, subject, tokenizer, max_tokens)) else (text, None)
 
+# %% ../nbs/11_prompts.ipynb #32766ad8
 def _decompose(prompt, subject, num_frames, backend, max_segments=None, tokenizer=None, max_tokens=None, max_words=40):
     "(per-segment prompts, None) or ([original prompt], reason for falling back)."
     answer, err = _ask(backend, decompose_messages(prompt, subject, num_frames, max_segments, max_words))
@@ -506,6 +605,7 @@ def _decompose(prompt, subject, num_frames, backend, max_segments=None, tokenize
         if problem := prompt_problem(p, subject, tokenizer, max_tokens): return [prompt], f"segment {i}: {problem}"
     return prompts, None
 
+# %% ../nbs/11_prompts.ipynb #e800a393
 def _warn(prompt, backend, reason):
     warnings.warn(f"prompt backend {_who(backend)}: {reason}; using the original prompt {prompt!r}", PromptFallbackWarning, stacklevel=3)
 
@@ -518,6 +618,7 @@ def refine(prompt: str, subject: str, backend=None, tokenizer=None, max_tokens: 
     if reason: _warn(prompt, backend, reason)
     return text
 
+# %% ../nbs/11_prompts.ipynb #ac805e52
 def decompose(prompt: str, subject: str, num_frames: int, backend=None, max_segments: int|None = None, tokenizer=None,
               max_tokens: int|None = None, max_words: int = 40) -> list[str]:
     "`prompt` split by `backend` into ordered per-segment prompts; [prompt], with a warning, if unusable."
@@ -555,6 +656,7 @@ def _check_frame_segments(frame_segments) -> torch.Tensor:
         raise ValueError(f"frame_segments must list each frame's segment in order, starting at 0, e.g. [0, 0, 1, 1]; got {list(map(int, seg.flatten()))}")
     return seg
 
+# %% ../nbs/11_prompts.ipynb #78b9cac8
 def segment_weights(frame_segments, blend: float = 2.0) -> torch.Tensor:
     "(frames, segments) weights: each frame shows its segment, cross-fading over `blend` frames at each boundary."
     seg = _check_frame_segments(frame_segments)
@@ -584,23 +686,30 @@ class PromptPlan:
             if not mentions_subject(p, self.subject): raise ValueError(f"the prompt {p!r} does not name the subject {self.subject!r}")
         self.original = self.original or self.prompts[0]
 
-    @property
-    def num_frames(self) -> int: return len(self.frame_segments)
-    @property
-    def num_segments(self) -> int: return len(self.prompts)
-    def frame_prompts(self) -> list[str]:
-        "The prompt each frame shows."
-        return [self.prompts[s] for s in self.frame_segments]
-    def weights(self, blend: float = 2.0) -> torch.Tensor:
-        "(frames, segments) weights of each segment in each frame's condition."
-        return segment_weights(self.frame_segments, blend)
-    def __str__(self):
-        lines = [f"{self.source}: {self.num_segments} segment(s) over {self.num_frames} frames" + (f" (fallback: {self.fallback})" if self.fallback else '')]
-        for s, p in enumerate(self.prompts):
-            frames = [f for f, x in enumerate(self.frame_segments) if x == s]
-            lines.append(f"  frames {frames[0]}-{frames[-1]}: {p}")
-        return '\n'.join(lines)
+# %% ../nbs/11_prompts.ipynb #ef1fc8d3
+@patch(as_prop=True)
+def num_frames(self: PromptPlan) -> int: return len(self.frame_segments)
+@patch(as_prop=True)
+def num_segments(self: PromptPlan) -> int: return len(self.prompts)
+@patch
+def frame_prompts(self: PromptPlan) -> list[str]:
+    "The prompt each frame shows."
+    return [self.prompts[s] for s in self.frame_segments]
+@patch
+def weights(self: PromptPlan, blend: float = 2.0) -> torch.Tensor:
+    "(frames, segments) weights of each segment in each frame's condition."
+    return segment_weights(self.frame_segments, blend)
 
+# %% ../nbs/11_prompts.ipynb #1a7d8c44
+@patch
+def __str__(self: PromptPlan):
+    lines = [f"{self.source}: {self.num_segments} segment(s) over {self.num_frames} frames" + (f" (fallback: {self.fallback})" if self.fallback else '')]
+    for s, p in enumerate(self.prompts):
+        frames = [f for f, x in enumerate(self.frame_segments) if x == s]
+        lines.append(f"  frames {frames[0]}-{frames[-1]}: {p}")
+    return '\n'.join(lines)
+
+# %% ../nbs/11_prompts.ipynb #6a8e1305
 def plan_prompts(prompt: str, subject: str, num_frames: int, refine=None, mode: str = 'decompose', max_segments: int|None = None,
                  tokenizer=None, max_tokens: int|None = None, max_words: int = 40) -> PromptPlan:
     "Plan the frames' prompts: `refine` is None (the prompt as is), 'director', 'MODEL@URL', a model folder or a backend."
@@ -631,6 +740,7 @@ def frame_embeddings(segment_embeds: torch.Tensor, weights) -> torch.Tensor:
     out = torch.einsum('fs,bsld->bfld', w.to(device=e.device, dtype=e.dtype), e)
     return out.flatten(0, 1) if batched else out[0]
 
+# %% ../nbs/11_prompts.ipynb #2ad00432
 def plan_embeddings(plan: PromptPlan, encode: Callable, blend: float = 2.0) -> torch.Tensor:
     "(frames, tokens, dim) embeddings of a plan; `encode(prompts) -> (segments, tokens, dim)` encodes and splices each prompt."
     e = encode(plan.prompts)
@@ -640,9 +750,9 @@ def plan_embeddings(plan: PromptPlan, encode: Callable, blend: float = 2.0) -> t
     return frame_embeddings(e, plan.weights(blend))
 
 # %% ../nbs/11_prompts.ipynb #3e11b438
-def main(argv=None):
-    "Command line: plan the per-frame prompts of a prompt and print them."
-    import argparse, os
+def _parser():
+    "The command line's arguments."
+    import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_prompts', description=main.__doc__)
     ap.add_argument('--prompt', required=True, help='the text prompt')
     ap.add_argument('--subject', required=True, help='the subject word of the prompt (the image prompt replaces it)')
@@ -652,13 +762,26 @@ def main(argv=None):
     ap.add_argument('--api-key-env', default=None, help='environment variable holding the API key of an HTTP backend')
     ap.add_argument('--timeout', type=float, default=60.0, help='seconds each try of an HTTP backend may take, from connecting to the last byte')
     ap.add_argument('--json', action='store_true', help='print the plan as JSON')
-    a = ap.parse_args(argv)
+    return ap
+
+# %% ../nbs/11_prompts.ipynb #10bb5d5c
+def _backend_options(ap, a) -> dict:
+    "The options of an HTTP backend on the command line: its timeout, and the API key from the environment variable named."
+    import os
     options = {}
     if re.search(r'@https?://', a.refine or ''):
         options = dict(timeout=a.timeout)
         if a.api_key_env:
             if not os.environ.get(a.api_key_env): ap.error(f"the environment variable {a.api_key_env} is not set")
             options['api_key'] = os.environ[a.api_key_env]
+    return options
+
+# %% ../nbs/11_prompts.ipynb #83de0fb0
+def main(argv=None):
+    "Command line: plan the per-frame prompts of a prompt and print them."
+    ap = _parser()
+    a = ap.parse_args(argv)
+    options = _backend_options(ap, a)
     try:
         plan = plan_prompts(a.prompt, a.subject, a.frames, refine=make_backend(a.refine, **options), mode=a.mode)
     except (ValueError, FileNotFoundError) as e: ap.error(str(e))
