@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast, reduce, extract_model_from_parallel
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 
 from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_path, load_checkpoint as load_torch_file, VideoReadError, _lock, _usual_modes
 
@@ -71,36 +72,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_types(self)                # a config.json's "lr": "fast" or NaN: an error naming the field
-        if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for f in ('max_steps', 'batch_size', 'grad_accum', 'checkpoint_every', 'keep_checkpoints'):
-            if getattr(self, f) < 1: raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
-        for f in ('num_frames', 'size', 'num_workers'):
-            if getattr(self, f) < 0: raise ValueError(f"{f} must be >= 0 (0: the default), got {getattr(self, f)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.min_timestep < 0: raise ValueError(f"min_timestep must be >= 0, got {self.min_timestep}")
-        if self.min_timestep and self.stage not in ('base', 'motion_text', 'motion'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {self.stage}")
-        from vb_nb.model import NOISE_SCHEDULES
-        if self.noise_schedule not in ('', *NOISE_SCHEDULES): raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)} (or '' for the UNet's own), got {self.noise_schedule!r}")
-        if not (self.subject_weight >= 0 and self.snr_gamma >= 0): raise ValueError(f"subject_weight and snr_gamma must be >= 0, got {self.subject_weight}, {self.snr_gamma}")
-        if (self.subject_weight or self.snr_gamma) and self.stage != 'image': raise ValueError(f"subject_weight and snr_gamma belong to the image stage, not {self.stage}")
-        if self.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {self.splice_mode!r}")
-        for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
-            if not 0 <= getattr(self, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
+        _check_config(self)
         if not self.out_dir: self.out_dir = str(outputs_dir()/self.stage)
-
-    @classmethod
-    def from_json(cls, path):
-        "Load a config saved by `save`; unknown keys are an error."
-        try: d = json.loads(Path(path).read_text())
-        except FileNotFoundError: raise FileNotFoundError(f"no config file {str(path)!r}") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a readable JSON config ({e})") from None
-        if not isinstance(d, dict): raise ValueError(f"{path}: a config is a JSON object of settings, not a {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        try: return cls(**d)
-        except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/08_train.ipynb #cfgtyp01
 _KINDS = {bool: 'yes or no (true or false)', int: 'a whole number', float: 'a finite number', str: 'a string'}
@@ -115,6 +88,40 @@ def _check_types(cfg: TrainConfig):
     for f in ('weight_decay', 'mapper_reg', 'warmup_steps', 'seed'):
         if getattr(cfg, f) < 0: raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
     if not cfg.max_grad_norm > 0: raise ValueError(f"max_grad_norm must be a positive number, got {cfg.max_grad_norm}")
+
+# %% ../nbs/08_train.ipynb #cfgchk01
+def _check_config(cfg: TrainConfig):
+    "The settings' ranges and which stage each belongs to: a ValueError naming the setting."
+    if cfg.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    for f in ('max_steps', 'batch_size', 'grad_accum', 'checkpoint_every', 'keep_checkpoints'):
+        if getattr(cfg, f) < 1: raise ValueError(f"{f} must be >= 1, got {getattr(cfg, f)}")
+    for f in ('num_frames', 'size', 'num_workers'):
+        if getattr(cfg, f) < 0: raise ValueError(f"{f} must be >= 0 (0: the default), got {getattr(cfg, f)}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)): raise ValueError(f"lr must be a positive number, got {cfg.lr}")
+    if cfg.mixed_precision not in ('no', 'fp16', 'bf16'): raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    if cfg.lr_schedule not in ('constant', 'cosine'): raise ValueError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    if cfg.min_timestep < 0: raise ValueError(f"min_timestep must be >= 0, got {cfg.min_timestep}")
+    if cfg.min_timestep and cfg.stage not in ('base', 'motion_text', 'motion'): raise ValueError(f"min_timestep belongs to the base and motion_text stages, not {cfg.stage}")
+    from vb_nb.model import NOISE_SCHEDULES
+    if cfg.noise_schedule not in ('', *NOISE_SCHEDULES): raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)} (or '' for the UNet's own), got {cfg.noise_schedule!r}")
+    if not (cfg.subject_weight >= 0 and cfg.snr_gamma >= 0): raise ValueError(f"subject_weight and snr_gamma must be >= 0, got {cfg.subject_weight}, {cfg.snr_gamma}")
+    if (cfg.subject_weight or cfg.snr_gamma) and cfg.stage != 'image': raise ValueError(f"subject_weight and snr_gamma belong to the image stage, not {cfg.stage}")
+    if cfg.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {cfg.splice_mode!r}")
+    for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
+        if not 0 <= getattr(cfg, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(cfg, f)}")
+
+# %% ../nbs/08_train.ipynb #cfgjson1
+@patch(cls_method=True)
+def from_json(cls: TrainConfig, path):
+    "Load a config saved by `save`; unknown keys are an error."
+    try: d = json.loads(Path(path).read_text())
+    except FileNotFoundError: raise FileNotFoundError(f"no config file {str(path)!r}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(d, dict): raise ValueError(f"{path}: a config is a JSON object of settings, not a {type(d).__name__}")
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+    try: return cls(**d)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/08_train.ipynb #e47bcacf
 def step_seed(seed: int, micro_step: int, process: int = 0, stream: int = 0) -> int:
@@ -139,6 +146,7 @@ def checkpoints(out_dir) -> list[Path]:
     d = Path(out_dir)/'checkpoints'
     return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d{7}', p.name) and p.is_dir() and (p/'state.json').exists()) if d.is_dir() else []
 
+# %% ../nbs/08_train.ipynb #ckpsave1
 def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0) -> Path:
     "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones; NonFiniteLoss, and nothing written, if a weight is NaN or infinite."
     weights = trainable_state(model)
@@ -158,6 +166,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: lis
     for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
     return final
 
+# %% ../nbs/08_train.ipynb #ckpclean
 def clean_partial_checkpoints(out_dir) -> list[Path]:
     "Remove the .tmp_step_N folders a run killed while writing a checkpoint left in out_dir/checkpoints; return them."
     d = Path(out_dir)/'checkpoints'
@@ -176,6 +185,7 @@ def _read_state(path: Path) -> dict:
     if not ok: raise ValueError(f"{path/'state.json'} is not what a run writes (a step, one finite loss per step, seconds): delete {path} to resume from the checkpoint before")
     return st
 
+# %% ../nbs/08_train.ipynb #ckchk002
 def _check_weights(path: Path, weights: dict, model) -> None:
     "The checkpoint's weights are exactly the model's trainable ones, with their shapes, and finite."
     own = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -187,6 +197,7 @@ def _check_weights(path: Path, weights: dict, model) -> None:
         if tuple(w.shape) != tuple(own[n].shape): raise ValueError(f"{where}: {n} is {tuple(w.shape)}, the model's is {tuple(own[n].shape)}: it is another model's; give --no-resume or another --out")
         if not torch.isfinite(w).all(): raise ValueError(f"{where}: {n} holds NaN or infinite values: delete it to resume from the one before")
 
+# %% ../nbs/08_train.ipynb #ckchk003
 def _load_optimizer(path: Path, optimizer, scheduler) -> None:
     st = load_torch_file(path/'optimizer.pt', map_location='cpu')   # tensors and plain data only; the optimizer moves its state to its parameters' device
     if not (isinstance(st, dict) and isinstance(st.get('optimizer'), dict) and isinstance(st.get('scheduler'), dict)):
@@ -212,10 +223,11 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, l
         for n, w in weights.items(): params[n].copy_(w)
     return state['step'], state['losses']
 
-# %% ../nbs/08_train.ipynb #2ca63df7
+# %% ../nbs/08_train.ipynb #fitacc01
 class NonFiniteLoss(RuntimeError):
     "The loss became NaN or infinite."
 
+# %% ../nbs/08_train.ipynb #fn-make-accelerator
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     "The run's Accelerator. Started by torchrun on a machine without CUDA, it joins the other processes over gloo (accelerate does so only when told the run is on the CPU). In one process, a run in another precision than the last one's starts afresh."
     several = int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.cuda.is_available()
@@ -224,22 +236,104 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         AcceleratorState._reset_state()       # accelerate keeps one precision per process and would refuse this run (a notebook, a test session)
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=several)
 
+# %% ../nbs/08_train.ipynb #fitacc02
 def autocast_dtype(acc: Accelerator) -> torch.dtype:
     "The dtype matrix products run in under `acc.autocast()`: bf16 or fp16, or fp32 where the device has no autocast for the run's precision (fp16 on a CPU)."
     x = torch.ones(2, 2, device=acc.device)
     with acc.autocast(): return (x @ x).dtype
 
+# %% ../nbs/08_train.ipynb #fn-average-gradients
 def average_gradients(params: list, acc: Accelerator):
     "Average the gradients of `params` over the processes in one all-reduce (a parameter without a gradient counts as zero)."
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = reduce(torch.cat([g.flatten().float() for g in grads]), 'mean')
     for p, g in zip(params, flat.split([g.numel() for g in grads])): p.grad = g.view_as(p).to(p.dtype)
 
+# %% ../nbs/08_train.ipynb #fitchk01
 def _check_same_weights(params: list, acc: Accelerator, step: int):
     "Stop if the processes' trainable weights have drifted apart (they get the same averaged gradients, so they never should)."
     sums = acc.gather(torch.stack([p.detach().double().sum() for p in params])[None])
     if not (sums == sums[0]).all(): raise RuntimeError(f"the processes' weights differ at step {step}: their gradients were not averaged alike")
 
+# %% ../nbs/08_train.ipynb #fn-check-finite
+def _check_finite(params: list, step: int, cfg: TrainConfig, many: bool = False):
+    "Stop the run if an update left a NaN or infinite weight (a corrupt optimizer state resumed from, say): nothing is saved, the last good checkpoint stays."
+    bad = ~torch.stack([p.detach().isfinite().all() for p in params]).all()
+    if many: bad = reduce(bad.float(), 'sum') > 0
+    if bad: raise NonFiniteLoss(f"the weights became NaN or infinite in step {step + 1} of stage {cfg.stage!r} (a corrupt optimizer state in the checkpoint it resumed from?); "
+                                f"nothing was saved: the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
+
+# %% ../nbs/08_train.ipynb #fitopt01
+def _optimizer(cfg: TrainConfig, params: list) -> tuple:
+    "AdamW over `params`, and its schedule (lr_factor)."
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+
+# %% ../nbs/08_train.ipynb #fitopts1
+def _resume(cfg: TrainConfig, model, opt, sched, acc: Accelerator, resume: bool) -> tuple[int, list, float]:
+    "(step, losses, earlier runs' training seconds) of the last checkpoint in cfg.out_dir, loaded into model, opt and sched; (0, [], 0.0) for a fresh start."
+    if acc.is_main_process:
+        for p in clean_partial_checkpoints(cfg.out_dir): print(f"removed {p}: a checkpoint whose writing was interrupted")
+    acc.wait_for_everyone()
+    last = checkpoints(cfg.out_dir)
+    if not (resume and last): return 0, [], 0.0
+    step, losses = load_checkpoint(last[-1], model, opt, sched)
+    earlier = json.loads((last[-1]/'state.json').read_text()).get('seconds', 0.0)   # training time of the interrupted runs
+    if acc.is_main_process: print(f"resuming from {last[-1]} (step {step})")
+    return step, losses, earlier
+
+# %% ../nbs/08_train.ipynb #fitchk02
+def _broadcast_weights(params: list):
+    "Every process starts from process 0's weights."
+    with torch.no_grad():
+        flat = broadcast(torch.cat([p.detach().flatten().float() for p in params]), from_process=0)
+        for p, w in zip(params, flat.split([p.numel() for p in params])): p.copy_(w.view_as(p))
+
+# %% ../nbs/08_train.ipynb #fn-check-loss
+def _check_loss(loss: torch.Tensor, step: int, cfg: TrainConfig, many: bool):
+    "Stop every process together if the loss is NaN or infinite on any of them."
+    bad = ~torch.isfinite(loss.detach().float())
+    if many: bad = reduce(bad.float(), 'sum') > 0
+    if bad:
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {step} of stage {cfg.stage!r} (on some process); "
+                            f"the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
+
+# %% ../nbs/08_train.ipynb #fitstep1
+def _micro_step(cfg: TrainConfig, model, params: list, loss_fn: Callable, batch, opt, sched, acc: Accelerator, step: int) -> torch.Tensor:
+    "One micro-step: the loss and its gradient; where the gradients sync, their average over the processes, clipping and the update. Returns the loss."
+    many = acc.num_processes > 1
+    with acc.accumulate(model), acc.autocast():
+        loss = loss_fn(model, batch)
+        _check_loss(loss, step, cfg, many)
+        if loss.requires_grad: acc.backward(loss)   # a batch whose conditions leave the trainable set out has no gradient
+        if acc.sync_gradients:
+            if many: average_gradients(params, acc)
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        if acc.sync_gradients: _check_finite(params, step, cfg, many)   # after each update: a NaN weight is never trained on, nor saved
+    return loss
+
+# %% ../nbs/08_train.ipynb #fitstes1
+def _train_step(cfg: TrainConfig, model, params: list, loss_fn: Callable, batch_fn: Callable, opt, sched, acc: Accelerator, step: int) -> float:
+    "Optimizer step `step`: grad_accum micro-steps, each seeded from (seed, micro-step, process); the loss averaged over them and the processes."
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        seed_everything(step_seed(cfg.seed, step * cfg.grad_accum + micro, acc.process_index))
+        batch = batch_fn(step * cfg.grad_accum + micro)          # the loss moves what it needs to the model's device
+        total += _micro_step(cfg, model, params, loss_fn, batch, opt, sched, acc, step).detach().float() / cfg.grad_accum
+    return acc.gather(total.reshape(1)).mean().item()
+
+# %% ../nbs/08_train.ipynb #fitsave1
+def _save_step(cfg: TrainConfig, model, params: list, opt, sched, losses: list, acc: Accelerator, step: int, seconds: Callable, on_checkpoint: Callable|None):
+    "A checkpoint at `step`: the processes' weights checked to agree, then the main process saves (seconds(): the training time so far) and calls on_checkpoint."
+    if acc.num_processes > 1: _check_same_weights(params, acc, step)
+    if acc.is_main_process:
+        ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=seconds())
+        if on_checkpoint is not None:
+            with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
+    acc.wait_for_everyone()
+
+# %% ../nbs/08_train.ipynb #2ca63df7
 def _fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
          accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
     "fit's loop, in a run folder already held."
@@ -247,55 +341,19 @@ def _fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: 
     model.to(acc.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no trainable parameters: select a stage's set first")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-    if acc.is_main_process:
-        for p in clean_partial_checkpoints(cfg.out_dir): print(f"removed {p}: a checkpoint whose writing was interrupted")
-    acc.wait_for_everyone()
-    step, losses, earlier = 0, [], 0.0
-    last = checkpoints(cfg.out_dir)
-    if resume and last:
-        step, losses = load_checkpoint(last[-1], model, opt, sched)
-        earlier = json.loads((last[-1]/'state.json').read_text()).get('seconds', 0.0)   # training time of the interrupted runs
-        if acc.is_main_process: print(f"resuming from {last[-1]} (step {step})")
+    opt, sched = _optimizer(cfg, params)
+    step, losses, earlier = _resume(cfg, model, opt, sched, acc, resume)
     opt, sched = acc.prepare(opt, sched)
-    many = acc.num_processes > 1
-    if many:                                                  # every process starts from process 0's weights
-        with torch.no_grad():
-            flat = broadcast(torch.cat([p.detach().flatten().float() for p in params]), from_process=0)
-            for p, w in zip(params, flat.split([p.numel() for p in params])): p.copy_(w.view_as(p))
+    if acc.num_processes > 1: _broadcast_weights(params)
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, desc=cfg.stage)
     start = time.time()
     while step < cfg.max_steps:
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            seed_everything(step_seed(cfg.seed, step * cfg.grad_accum + micro, acc.process_index))
-            batch = batch_fn(step * cfg.grad_accum + micro)          # the loss moves what it needs to the model's device
-            with acc.accumulate(model), acc.autocast():
-                loss = loss_fn(model, batch)
-                bad = ~torch.isfinite(loss.detach().float())
-                if many: bad = reduce(bad.float(), 'sum') > 0      # every process stops together
-                if bad:
-                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step} of stage {cfg.stage!r} (on some process); "
-                                        f"the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
-                if loss.requires_grad: acc.backward(loss)   # a batch whose conditions leave the trainable set out has no gradient
-                if acc.sync_gradients:
-                    if many: average_gradients(params, acc)
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-                if acc.sync_gradients: _check_finite(params, step, cfg, many)   # after each update: a NaN weight is never trained on, nor saved
-            total += loss.detach().float() / cfg.grad_accum
+        losses.append(_train_step(cfg, model, params, loss_fn, batch_fn, opt, sched, acc, step))
         step += 1
-        losses.append(acc.gather(total.reshape(1)).mean().item())
         bar.update(1); bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            if many: _check_same_weights(params, acc, step)
-            if acc.is_main_process:
-                ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=earlier + time.time() - start)
-                if on_checkpoint is not None:
-                    with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
-            acc.wait_for_everyone()
+            _save_step(cfg, model, params, opt, sched, losses, acc, step, lambda: earlier + time.time() - start, on_checkpoint)
     bar.close()
     return losses
 
@@ -306,12 +364,14 @@ RESUMABLE = ('out_dir', 'max_steps', 'checkpoint_every', 'keep_checkpoints', 'sa
 class RunFolderError(ValueError):
     "The out_dir cannot take this run: it holds something else, a run of other settings, or a run in progress."
 
+# %% ../nbs/08_train.ipynb #fn-run-record
 def run_record(cfg: TrainConfig, inputs=None) -> dict:
     "What makes two runs one run: the settings that shape its result (all but RESUMABLE) and, from train_stage, the parts it starts from."
     rec = dict(kind='vb_nb training run', config={k: v for k, v in asdict(cfg).items() if k not in RESUMABLE})
     if inputs is not None: rec['inputs'] = {k: str(Path(v).resolve()) if isinstance(v, str) and v and Path(v).exists() else v for k, v in asdict(inputs).items()}
     return rec
 
+# %% ../nbs/08_train.ipynb #runfn01b
 def _differences(saved: dict, now: dict) -> list:
     out = []
     for part in ('config', 'inputs'):
@@ -319,6 +379,7 @@ def _differences(saved: dict, now: dict) -> list:
         if a is not None and b is not None: out += [f"{k} was {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return out
 
+# %% ../nbs/08_train.ipynb #fn-saved-record
 def _saved_record(out: Path) -> dict|None:
     "The run's record in `out`; for a run folder written before runs recorded themselves, its last checkpoint's config; else None."
     f = out/RUN_FILE
@@ -347,6 +408,7 @@ def check_run_folder(out_dir, cfg: TrainConfig, resume: bool = True, inputs=None
                              "give --no-resume to start it afresh (its checkpoints are removed), or give another --out")
     return 'restart' if diff else 'resume'
 
+# %% ../nbs/08_train.ipynb #runfn02b
 def _start_afresh(out: Path) -> list:
     "Remove what an earlier run in `out` wrote that a new run would resume from or mix with: its checkpoints, sample GIFs and skipped-clip record."
     ck, sm = out/'checkpoints', out/'samples'
@@ -355,6 +417,22 @@ def _start_afresh(out: Path) -> list:
     gone += [p for p in [out/'skipped.json'] if p.is_file()]
     for p in gone: shutil.rmtree(p) if p.is_dir() else p.unlink()
     return gone
+
+# %% ../nbs/08_train.ipynb #runfn03a
+def _take_folder(out: Path, cfg: TrainConfig, resume: bool, inputs) -> int:
+    "Lock `out` and make it this run's: checked (check_run_folder), emptied of the earlier run's checkpoints when starting afresh, its settings in RUN_FILE. Returns the folder's descriptor, which holds the lock."
+    if out.exists() and not out.is_dir(): raise RunFolderError(f"--out {str(out)!r} is a file, not a folder: give a folder for the run")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        if not _lock(fd): raise RunFolderError(f"--out {str(out)!r} is in use by another training run (it holds the folder's lock): wait for it to end, or give another --out")
+        what = check_run_folder(out, cfg, resume, inputs)
+        if what == 'restart':
+            for p in _start_afresh(out): print(f"removed {p}: the run starts afresh")
+        if what != 'resume' or not (out/RUN_FILE).is_file():
+            with atomic_path(out/RUN_FILE) as tmp: tmp.write_text(json.dumps(run_record(cfg, inputs), indent=1))
+    except BaseException: os.close(fd); raise
+    return fd
 
 # %% ../nbs/08_train.ipynb #runfn003
 _held = {}     # the run folders this process holds: real path -> [fd, depth, thread]
@@ -367,19 +445,7 @@ def run_folder(out_dir, cfg: TrainConfig, resume: bool = True, inputs=None, acc:
     if held and held[2] != threading.get_ident(): raise RunFolderError(f"--out {str(out)!r} is in use by another training run in this process: give another --out")
     if held: held[1] += 1
     else:
-        fd = None
-        if acc is None or acc.is_main_process:
-            if out.exists() and not out.is_dir(): raise RunFolderError(f"--out {str(out)!r} is a file, not a folder: give a folder for the run")
-            out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(out, os.O_RDONLY)
-            try:
-                if not _lock(fd): raise RunFolderError(f"--out {str(out)!r} is in use by another training run (it holds the folder's lock): wait for it to end, or give another --out")
-                what = check_run_folder(out, cfg, resume, inputs)
-                if what == 'restart':
-                    for p in _start_afresh(out): print(f"removed {p}: the run starts afresh")
-                if what != 'resume' or not (out/RUN_FILE).is_file():
-                    with atomic_path(out/RUN_FILE) as tmp: tmp.write_text(json.dumps(run_record(cfg, inputs), indent=1))
-            except BaseException: os.close(fd); raise
+        fd = _take_folder(out, cfg, resume, inputs) if acc is None or acc.is_main_process else None
         held = _held[key] = [fd, 1, threading.get_ident()]
         if acc is not None: acc.wait_for_everyone()
     try: yield out
@@ -390,13 +456,6 @@ def run_folder(out_dir, cfg: TrainConfig, resume: bool = True, inputs=None, acc:
             if held[0] is not None: os.close(held[0])      # closing the folder drops its lock
 
 # %% ../nbs/08_train.ipynb #fitwrap1
-def _check_finite(params: list, step: int, cfg: TrainConfig, many: bool = False):
-    "Stop the run if an update left a NaN or infinite weight (a corrupt optimizer state resumed from, say): nothing is saved, the last good checkpoint stays."
-    bad = ~torch.stack([p.detach().isfinite().all() for p in params]).all()
-    if many: bad = reduce(bad.float(), 'sum') > 0
-    if bad: raise NonFiniteLoss(f"the weights became NaN or infinite in step {step + 1} of stage {cfg.stage!r} (a corrupt optimizer state in the checkpoint it resumed from?); "
-                                f"nothing was saved: the last good checkpoint is kept in {Path(cfg.out_dir)/'checkpoints'}")
-
 def fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, resume: bool = True,
         accelerator: Accelerator|None = None, on_checkpoint: Callable|None = None) -> list[float]:
     "Train the trainable parameters of `model` for cfg.max_steps optimizer steps, in cfg.out_dir (held with run_folder); return the loss per step."
@@ -415,11 +474,13 @@ def toy_training_data(n_clips: int = 2000, seed: int = 0, root=None, progress: b
     build_dataset(csv, root/'corpus'/'videos', root/'dataset', detector='toy', truth=root/'corpus'/'train_ground_truth.jsonl', progress=progress)
     return root/'dataset'
 
+# %% ../nbs/08_train.ipynb #data0002
 def _collate(items: list) -> dict:
     return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items] for k in items[0]}
 
 UNREADABLE = (VideoReadError, OSError)   # what reading an item's files raises (PIL's unreadable image is an OSError)
 
+# %% ../nbs/08_train.ipynb #fn-random-batch
 def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
     "A batch of `batch_size` random items (drawn with torch's global generator), collated: tensors stacked, strings listed. With `skip` (index -> error), an item whose files cannot be read (UNREADABLE) is noted there and replaced by the next readable one; the batch's '_skipped' lists those found now."
     idx = torch.randint(len(dataset), (batch_size,)).tolist()
@@ -435,7 +496,7 @@ def random_batch(dataset, batch_size: int, skip: dict|None = None) -> dict:
         else: raise ValueError(f"no item of the dataset can be read (the last error: {skip[i]}); check the videos folder")
     return {**_collate(items), '_skipped': found}
 
-
+# %% ../nbs/08_train.ipynb #data0003
 @contextlib.contextmanager
 def _own_rng(seed: int):
     "Seed Python, NumPy and torch for the block, then give them back their previous states."
@@ -444,6 +505,7 @@ def _own_rng(seed: int):
     try: yield
     finally: random.setstate(states[0]); np.random.set_state(states[1]); torch.random.set_rng_state(states[2])
 
+# %% ../nbs/08_train.ipynb #fn-StepBatches
 class _StepBatches(torch.utils.data.Dataset):
     "Item i: the batch of micro-step start + i, drawn with that step's own seed, so whichever worker decodes it draws the same."
     def __init__(self, dataset, batch_size, seed, process, start, skip):
@@ -457,6 +519,7 @@ class _StepBatches(torch.utils.data.Dataset):
             batch['clip_images'] = (batch['clip_pixel_values'] * std + mean).clamp(0, 1)
         return batch
 
+# %% ../nbs/08_train.ipynb #data0004
 class Batches:
     "fit's batch_fn: micro-step k's batch, decoded ahead by `num_workers` DataLoader processes. A clip that cannot be read is skipped with a warning and recorded in <out_dir>/skipped.json, which a resumed run reads."
     def __init__(self, dataset, batch_size: int, seed: int = 0, out_dir=None, num_workers: int = 0, process: int = 0, record: bool = True):
@@ -468,32 +531,40 @@ class Batches:
 
     def _video(self, i): rows = getattr(self.dataset, 'rows', None); return rows[i].get('video') if rows is not None else None
 
-    def _read(self) -> dict:
-        if not (self.file and self.file.is_file()): return {}
-        try: saved = json.loads(self.file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{self.file} is not the JSON a run writes ({e}); remove it to try every clip again") from e
-        if not (isinstance(saved, dict) and all(isinstance(e, dict) and isinstance(e.get('error'), str) and isinstance(e.get('video'), (str, type(None))) for e in saved.values())):
-            raise ValueError(f"{self.file} is not what a run writes (clip index -> its video and error); remove it to try every clip again")
-        n = len(self.dataset)   # entries of another dataset (another index or video) are left out
-        return {i: e for i, e in saved.items() if i.isdigit() and int(i) < n and e.get('video') == self._video(int(i))}
+# %% ../nbs/08_train.ipynb #data0005
+@patch
+def _read(self: Batches) -> dict:
+    "The clips an earlier run of this dataset recorded as unreadable (<out_dir>/skipped.json), checked."
+    if not (self.file and self.file.is_file()): return {}
+    try: saved = json.loads(self.file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{self.file} is not the JSON a run writes ({e}); remove it to try every clip again") from e
+    if not (isinstance(saved, dict) and all(isinstance(e, dict) and isinstance(e.get('error'), str) and isinstance(e.get('video'), (str, type(None))) for e in saved.values())):
+        raise ValueError(f"{self.file} is not what a run writes (clip index -> its video and error); remove it to try every clip again")
+    n = len(self.dataset)   # entries of another dataset (another index or video) are left out
+    return {i: e for i, e in saved.items() if i.isdigit() and int(i) < n and e.get('video') == self._video(int(i))}
 
-    def __call__(self, k: int) -> dict:
-        if self._it is None or k != self._next:
-            ds = _StepBatches(self.dataset, self.batch_size, self.seed, self.process, k, dict(self.skip))
-            self._it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
-            self._next = k
-        batch = next(self._it); self._next += 1
-        new = {i: e for i, e in batch.pop('_skipped').items() if i not in self.skip}
-        if new:
-            self.skip.update(new)
-            for i, e in new.items():
-                self.skipped[str(i)] = dict(video=self._video(i), error=e)
-                warnings.warn(f"skipped clip {i} ({self._video(i)}), which cannot be read: {e}" + (f"; recorded in {self.file}" if self.file and self.record else ''))
-            if self.file and self.record:
-                with atomic_path(self.file) as tmp: tmp.write_text(json.dumps(self.skipped, indent=1))
-        return batch
+# %% ../nbs/08_train.ipynb #data0006
+@patch
+def __call__(self: Batches, k: int) -> dict:
+    "Micro-step k's batch, from the DataLoader running ahead (started anew when k is not the next one); new unreadable clips warned about and recorded."
+    if self._it is None or k != self._next:
+        ds = _StepBatches(self.dataset, self.batch_size, self.seed, self.process, k, dict(self.skip))
+        self._it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
+        self._next = k
+    batch = next(self._it); self._next += 1
+    new = {i: e for i, e in batch.pop('_skipped').items() if i not in self.skip}
+    if new:
+        self.skip.update(new)
+        for i, e in new.items():
+            self.skipped[str(i)] = dict(video=self._video(i), error=e)
+            warnings.warn(f"skipped clip {i} ({self._video(i)}), which cannot be read: {e}" + (f"; recorded in {self.file}" if self.file and self.record else ''))
+        if self.file and self.record:
+            with atomic_path(self.file) as tmp: tmp.write_text(json.dumps(self.skipped, indent=1))
+    return batch
 
-    def close(self): self._it = None      # the DataLoader's workers end with their iterator
+# %% ../nbs/08_train.ipynb #fn-close
+@patch
+def close(self: Batches): self._it = None      # the DataLoader's workers end with their iterator
 
 # %% ../nbs/08_train.ipynb #5c4c9a6b
 def vae_loss(vae, batch, kl_weight: float = 1e-6) -> torch.Tensor:
@@ -507,6 +578,7 @@ def vae_loss(vae, batch, kl_weight: float = 1e-6) -> torch.Tensor:
     mse = sum(torch.nn.functional.mse_loss(r, g) for r, g in zip(rec.split([len(g) for g in groups]), groups))
     return mse + kl_weight * post.kl().mean()
 
+# %% ../nbs/08_train.ipynb #5c4c9as1
 @torch.no_grad()
 def set_latent_scale(vae, frames: torch.Tensor) -> float:
     "Set vae.config.scaling_factor to 1 / std of the latents of `frames` (N, 3, H, W) in [-1, 1]; return it."
@@ -515,6 +587,7 @@ def set_latent_scale(vae, frames: torch.Tensor) -> float:
     vae.register_to_config(scaling_factor=scale)
     return scale
 
+# %% ../nbs/08_train.ipynb #vaelat01
 @torch.no_grad()
 def video_latents(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
     "Scaled VAE latents (B, C, F, h, w) of videos (B, F, 3, H, W) in [-1, 1]."
@@ -533,6 +606,7 @@ def diffusion_inputs(latents, scheduler, min_timestep: int = 0):
     t = torch.randint(min_timestep, n, (latents.shape[0],), device=latents.device)
     return noise, t, scheduler.add_noise(latents, noise, t)
 
+# %% ../nbs/08_train.ipynb #b28920s1
 def diffusion_target(scheduler, latents, noise, t) -> torch.Tensor:
     "What the UNet learns to predict under `scheduler`: the noise (epsilon) or the velocity (v_prediction)."
     kind = scheduler.config.prediction_type
@@ -540,6 +614,7 @@ def diffusion_target(scheduler, latents, noise, t) -> torch.Tensor:
     if kind == 'v_prediction': return scheduler.get_velocity(latents, noise, t)
     raise ValueError(f"unsupported prediction_type {kind!r}: epsilon or v_prediction")
 
+# %% ../nbs/08_train.ipynb #t2vcls01
 class TextToVideo(torch.nn.Module):
     "The base model to train: a video UNet with the frozen VAE and text encoder around it."
     def __init__(self, unet, vae, text_encoder, tokenizer, noise_scheduler=None):
@@ -549,27 +624,30 @@ class TextToVideo(torch.nn.Module):
         self.noise_scheduler = noise_scheduler or sd_noise_scheduler()
         for m in (vae, text_encoder): m.requires_grad_(False).eval()
 
-    def prediction(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        "The UNet's prediction and its target (epsilon or v, as the noise scheduler predicts), both fp32 (batch, C, frames, h, w), for a batch of clips and captions at timesteps from `min_timestep` on."
-        from vb_nb.clip import tokenize
-        latents = video_latents(self.vae, batch['pixel_values']).float()     # the VAE may be stored in bf16 / fp16: the noise is added in fp32
-        noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
-        prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
-        ids = tokenize(self.tokenizer, prompts, device=self.text_encoder.device)
-        with torch.no_grad(): text = self.text_encoder(ids).last_hidden_state
-        pooled = added_conditions(self.unet, pooled_text(text, ids))        # a UNet built on the image stage's may take the pooled caption
-        pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0), **pooled).sample
-        return pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t)
-
     def forward(self, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> torch.Tensor:
         "Diffusion MSE of `prediction` on a batch of clips and captions."
         return torch.nn.functional.mse_loss(*self.prediction(batch, text_dropout, min_timestep))
+
+# %% ../nbs/08_train.ipynb #t2vpred1
+@patch
+def prediction(self: TextToVideo, batch, text_dropout: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    "The UNet's prediction and its target (epsilon or v, as the noise scheduler predicts), both fp32 (batch, C, frames, h, w), for a batch of clips and captions at timesteps from `min_timestep` on."
+    from vb_nb.clip import tokenize
+    latents = video_latents(self.vae, batch['pixel_values']).float()     # the VAE may be stored in bf16 / fp16: the noise is added in fp32
+    noise, t, noisy = diffusion_inputs(latents, self.noise_scheduler, min_timestep)
+    prompts = ['' if torch.rand(1).item() < text_dropout else c for c in batch['caption']]
+    ids = tokenize(self.tokenizer, prompts, device=self.text_encoder.device)
+    with torch.no_grad(): text = self.text_encoder(ids).last_hidden_state
+    pooled = added_conditions(self.unet, pooled_text(text, ids))        # a UNet built on the image stage's may take the pooled caption
+    pred = self.unet(noisy, t, text.repeat_interleave(latents.shape[2], 0), **pooled).sample
+    return pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t)
 
 # %% ../nbs/08_train.ipynb #wgfn0001
 def swap_words(text: str, a: str, b: str) -> str:
     "`text` with every whole word `a` made `b` and every `b` made `a`."
     return re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, text)
 
+# %% ../nbs/08_train.ipynb #wgfn0002
 @torch.no_grad()
 def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 900, 700, 500, 300), seed: int = 0) -> dict:
     "A base's (TextToVideo's) diffusion loss on clean video `latents` under `captions`, per timestep: the same noise whatever the captions."
@@ -586,7 +664,6 @@ def caption_loss(base, latents: torch.Tensor, captions: list, timesteps=(999, 90
         pred = base.unet(base.noise_scheduler.add_noise(latents, noise, tt), tt, text).sample
         losses[t] = torch.nn.functional.mse_loss(pred, diffusion_target(base.noise_scheduler, latents, noise, tt)).item()
     return losses
-
 
 # %% ../nbs/08_train.ipynb #imgfn001
 def toy_frames(n_clips: int, per_clip: int = 2, seed: int = 0, subject_scale: float = 1.0, flat_background: bool = False, progress: bool = True):
@@ -608,6 +685,7 @@ def pooled_text(states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     upto = ((torch.cumsum(eos, 1) - eos) == 0).to(states.dtype)[..., None]
     return (states * upto).sum(1) / upto.sum(1)
 
+# %% ../nbs/08_train.ipynb #imgfn02b
 @torch.no_grad()
 def caption_states(text_encoder, tokenizer, captions, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-token states (N, 77, D) and pooled states (N, D) of `captions`, on the CPU."
@@ -627,6 +705,7 @@ def frame_latents(vae, frames, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(x[i:i + batch].to(p.device, p.dtype) / 127.5 - 1).latent_dist.mode().float().cpu() * vae.config.scaling_factor
                       for i in range(0, len(x), batch)])
 
+# %% ../nbs/08_train.ipynb #fn-fingerprint
 def _fingerprint(module) -> str:
     "A short hash of a module's weights: a cache made with other weights is not used."
     h = hashlib.sha256()
@@ -663,6 +742,7 @@ def build_image_unet(width: int = 64, pooled: bool = True, seed: int|None = 0) -
                                 down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
                                 cross_attention_dim=width, attention_head_dim=(16, 16), norm_num_groups=8, **extra)
 
+# %% ../nbs/08_train.ipynb #imgfn05b
 def added_conditions(unet, pooled: torch.Tensor) -> dict:
     "The keyword arguments that give `unet` the pooled captions (N, D) through its 'text_time' embedding, with one constant time id; none for a UNet without it."
     if unet.config.addition_embed_type != 'text_time': return {}
@@ -685,19 +765,22 @@ class TextToImage(torch.nn.Module):
         self.noise_scheduler = noise_scheduler or sd_noise_scheduler()
         for m in (vae, text_encoder): m.requires_grad_(False).eval()
 
-    def forward(self, batch: dict, text_dropout: float = 0.0, subject_weight: float = 0.0, snr_gamma: float = 0.0) -> torch.Tensor:
-        "Diffusion MSE on a batch of cached frames, the subject's latent cells weighted 1 + `subject_weight`, each timestep by Min-SNR-`snr_gamma` (0: not)."
-        b = {k: v.to(self.unet.device) for k, v in batch.items()}
-        x0 = b['latents']
-        drop = torch.rand(len(x0), device=x0.device) < text_dropout           # classifier-free guidance: some captions are empty
-        states = torch.where(drop[:, None, None], b['null_states'], b['states'])
-        pooled = torch.where(drop[:, None], b['null_pooled'], b['pooled'])
-        noise, t, noisy = diffusion_inputs(x0, self.noise_scheduler)
-        pred = self.unet(noisy, t, states, **added_conditions(self.unet, pooled)).sample.float()
-        w = 1 + subject_weight * b['masks'].float()
-        err = ((pred - diffusion_target(self.noise_scheduler, x0, noise, t)) ** 2 * w).mean((1, 2, 3)) / w.mean((1, 2, 3))
-        return (err * min_snr_weights(self.noise_scheduler, t, snr_gamma) if snr_gamma else err).mean()
+# %% ../nbs/08_train.ipynb #imgfn07b
+@patch
+def forward(self: TextToImage, batch: dict, text_dropout: float = 0.0, subject_weight: float = 0.0, snr_gamma: float = 0.0) -> torch.Tensor:
+    "Diffusion MSE on a batch of cached frames, the subject's latent cells weighted 1 + `subject_weight`, each timestep by Min-SNR-`snr_gamma` (0: not)."
+    b = {k: v.to(self.unet.device) for k, v in batch.items()}
+    x0 = b['latents']
+    drop = torch.rand(len(x0), device=x0.device) < text_dropout           # classifier-free guidance: some captions are empty
+    states = torch.where(drop[:, None, None], b['null_states'], b['states'])
+    pooled = torch.where(drop[:, None], b['null_pooled'], b['pooled'])
+    noise, t, noisy = diffusion_inputs(x0, self.noise_scheduler)
+    pred = self.unet(noisy, t, states, **added_conditions(self.unet, pooled)).sample.float()
+    w = 1 + subject_weight * b['masks'].float()
+    err = ((pred - diffusion_target(self.noise_scheduler, x0, noise, t)) ** 2 * w).mean((1, 2, 3)) / w.mean((1, 2, 3))
+    return (err * min_snr_weights(self.noise_scheduler, t, snr_gamma) if snr_gamma else err).mean()
 
+# %% ../nbs/08_train.ipynb #imgfn07c
 def cache_batches(cache: dict, batch_size: int) -> Callable:
     "fit's batch_fn over a frame cache: `batch_size` random frames (drawn with torch's generator, which fit seeds for each step), with the empty caption's states."
     def batch(k: int) -> dict:
@@ -713,6 +796,7 @@ def _guided_states(model, prompts) -> tuple[torch.Tensor, torch.Tensor]:
     states, pooled = (x.to(dev) for x in caption_states(model.text_encoder, model.tokenizer, [*prompts, '']))
     return torch.cat([states[:n], states[n:].expand(n, -1, -1)]), torch.cat([pooled[:n], pooled[n:].expand(n, -1)])
 
+# %% ../nbs/08_train.ipynb #fn-guided-ddim
 @torch.no_grad()
 def guided_ddim(model, prompts, shape: tuple, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> torch.Tensor:
     "Latents of `shape` (N, C, h, w), or (N, C, frames, h, w) for a video UNet, drawn for `prompts` with DDIM and classifier-free guidance `guidance`."
@@ -727,6 +811,7 @@ def guided_ddim(model, prompts, shape: tuple, seed: int = 0, steps: int = 25, gu
         x = sched.step(e_none + guidance * (e_text - e_none), t, x).prev_sample
     return x
 
+# %% ../nbs/08_train.ipynb #imgfn08b
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     "uint8 frames (N, H, W, 3) of latents (N, C, h, w), or videos (N, F, H, W, 3) of (N, C, F, h, w)."
@@ -734,11 +819,11 @@ def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     img = ((vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return img.reshape(*latents.shape[:1], latents.shape[2], *img.shape[1:]) if latents.ndim == 5 else img
 
+# %% ../nbs/08_train.ipynb #fn-draw-images
 def draw_images(model: TextToImage, prompts, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> np.ndarray:
     "uint8 images (N, H, W, 3) of `prompts` by the image stage's model."
     c = model.unet.config
     return decode_latents(model.vae, guided_ddim(model, prompts, (len(prompts), c.in_channels, c.sample_size, c.sample_size), seed, steps, guidance))
-
 
 # %% ../nbs/08_train.ipynb #imgfn010
 def _image_model(inputs, noise_schedule: str = '', pooled_text: bool = True) -> TextToImage:
@@ -770,6 +855,7 @@ def motion_unet(image_unet, seed: int|None = None) -> UNetMotionModel:
     unet.freeze_unet2d_params()
     return unet
 
+# %% ../nbs/08_train.ipynb #motfn01b
 def _motion_model(inputs) -> TextToVideo:
     "The motion stage's model: the image stage's UNet (inputs.unet, default outputs/toy/image/final) made a video UNet, with its text layers and schedule."
     from diffusers import AutoencoderKL
@@ -810,6 +896,27 @@ def draw_conditions(batch_size: int, text_dropout: float, image_dropout: float) 
     r = torch.rand(batch_size, 2)
     return torch.where(r[:, 0] < text_dropout, 2, torch.where(r[:, 1] < image_dropout, 1, 0))
 
+# %% ../nbs/08_train.ipynb #vbloss01
+def _training_prompts(batch: dict, cond: torch.Tensor, appearance_dropout: float) -> list:
+    "Each clip's prompt for its condition: empty (unconditional), or its caption, which loses the subject's description with probability appearance_dropout when the image prompt goes with it."
+    plain = (torch.rand(len(cond)) < appearance_dropout).tolist()
+    return [('' if k == 2 else drop_subject_modifiers(c, s) if k == 0 and p else c)
+            for c, s, k, p in zip(batch['caption'], batch['subject'], cond.tolist(), plain)]
+
+# %% ../nbs/08_train.ipynb #vblosss1
+def _videobooth_prediction(model, stage, noisy, t, prompts, subjects, images, image_latents, cond) -> torch.Tensor:
+    "The UNet's prediction for every clip: one call in the coarse stage, two in the others (clips with the injection, clips without)."
+    if stage == 1:            # one call: the base's stock attention, splice per clip
+        return model(noisy, t, prompts, subjects, images, splice=cond == 0, attn1='stock')
+    pred = torch.empty_like(noisy)
+    for rows, attn1 in [((cond == 0).nonzero().flatten(), 'inject'), ((cond > 0).nonzero().flatten(), 'cross')]:   # the sampler batches them with rows=
+        if len(rows) == 0: continue
+        sub = lambda xs: [xs[i] for i in rows.tolist()]
+        pred[rows] = model(noisy[rows], t[rows], sub(prompts), sub(subjects), images[rows], image_latents[rows],
+                           splice=attn1 == 'inject', attn1=attn1).to(pred.dtype)      # under autocast the UNet answers in bf16 / fp16
+    return pred
+
+# %% ../nbs/08_train.ipynb #vbloss02
 def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_dropout, image_dropout: float = TrainConfig.image_dropout,
                     mapper_reg: float = TrainConfig.mapper_reg, appearance_dropout: float = TrainConfig.appearance_dropout) -> torch.Tensor:
     "Stage loss of a VideoBooth model on a batch (defaults: TrainConfig's): diffusion MSE over the three conditions plus the mapper regulariser."
@@ -822,21 +929,10 @@ def videobooth_loss(model, batch, stage, text_dropout: float = TrainConfig.text_
     f = inner.vae_scale_factor
     image_latents = None if stage == 1 else inner.image_latents(vae_images, (noisy.shape[-2] * f, noisy.shape[-1] * f)).float()
     cond = draw_conditions(len(t), text_dropout, image_dropout)
-    plain = (torch.rand(len(t)) < appearance_dropout).tolist()
-    prompts = [('' if k == 2 else drop_subject_modifiers(c, s) if k == 0 and p else c)
-               for c, s, k, p in zip(batch['caption'], batch['subject'], cond.tolist(), plain)]
+    prompts = _training_prompts(batch, cond, appearance_dropout)
     tokens = []
     hook = inner.adapter.mapper.register_forward_hook(lambda m, a, out: tokens.append(out))
-    try:
-        pred = torch.empty_like(noise)
-        if stage == 1:            # one call: the base's stock attention, splice per clip
-            pred = model(noisy, t, prompts, batch['subject'], images, splice=cond == 0, attn1='stock')
-        else:                     # injected clips and the rest need different attention: two calls in training (the sampler batches them with rows=)
-            for rows, attn1 in [((cond == 0).nonzero().flatten(), 'inject'), ((cond > 0).nonzero().flatten(), 'cross')]:
-                if len(rows) == 0: continue
-                sub = lambda xs: [xs[i] for i in rows.tolist()]
-                pred[rows] = model(noisy[rows], t[rows], sub(prompts), sub(batch['subject']), images[rows], image_latents[rows],
-                                   splice=attn1 == 'inject', attn1=attn1).to(pred.dtype)      # under autocast the UNet answers in bf16 / fp16
+    try: pred = _videobooth_prediction(model, stage, noisy, t, prompts, batch['subject'], images, image_latents, cond)
     finally: hook.remove()
     loss = torch.nn.functional.mse_loss(pred.float(), diffusion_target(inner.noise_scheduler, latents, noise, t))
     if tokens and mapper_reg: loss = loss + mapper_reg * torch.cat([x.flatten() for x in tokens]).abs().mean()
@@ -860,6 +956,7 @@ class StageInputs:
     subject_scale: float = 1.0 # toyworld's subject size when data is empty (random_spec's subject_scale)
     flat_background: bool = False   # toyworld's flat backgrounds when data is empty
 
+# %% ../nbs/08_train.ipynb #stgdir01
 def toy_dir(stage: str) -> Path:
     "Where the toy run of `stage` writes by default."
     return outputs_dir()/'toy'/stage
@@ -869,18 +966,9 @@ def _final(path, stage):
     if not p.exists(): raise FileNotFoundError(f"{p} does not exist: train the {stage!r} stage first (vb_nb_train --stage {stage}) or name the folder")
     return p
 
-def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = '',
-                      motion_text: bool = False, pooled_text: bool = True):
-    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
-    from diffusers import AutoencoderKL, UNetMotionModel
-    from vb_nb.model import (VideoBooth, build_unet, build_vae, NOISE_SCHEDULES, MOTION_TEXT_FILE, saved_noise_scheduler, add_text_to_motion_modules,
-                             load_motion_text)
-    from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
-    if stage == 'vae': return build_vae().train()
-    if stage == 'image':
-        if motion_text: raise ValueError("the image stage has no motion modules: drop --motion-text")
-        return _image_model(inputs, noise_schedule, pooled_text)
-    if stage == 'motion': return _motion_model(inputs)
+# %% ../nbs/08_train.ipynb #stgchk01
+def _check_stage_inputs(stage: str, inputs: StageInputs, noise_schedule: str = '', motion_text: bool = False):
+    "What a VideoBooth stage (or a base stage) cannot be given: a clear ValueError."
     if stage != 'base' and (inputs.text_layers or noise_schedule or motion_text):
         raise ValueError(f"text layers, the noise schedule and the motion-text path belong to the base: the {stage} stage takes them from the base's folder "
                          "(drop --text-layers, --noise-schedule, --motion-text)")
@@ -890,34 +978,61 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
         if stage == 'fine' and not (inputs.adapter or inputs.from_scratch):
             raise ValueError("the fine stage goes on from the coarse stage's adapter: name it with --adapter (a coarse run writes it to <its --out>/final, "
                              "by default outputs/coarse/final), or give --from-scratch to start a new one")
+
+# %% ../nbs/08_train.ipynb #stgbase1
+def _base_model(inputs: StageInputs, noise_schedule: str = '', motion_text: bool = False) -> TextToVideo:
+    "The base stage's model: a new tiny video UNet, or the given one (inputs.unet) to go on training, with the toy VAE and text tower."
+    from diffusers import AutoencoderKL, UNetMotionModel
+    from vb_nb.model import build_unet, NOISE_SCHEDULES, saved_noise_scheduler, add_text_to_motion_modules, load_motion_text
+    from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
+    vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
+    start = _final(inputs.unet, 'base') if inputs.unet else None          # a given UNet: go on training it
+    if inputs.text_layers and not Path(inputs.text_layers).is_file():
+        raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
+    layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
+    unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
+    if not (start and load_motion_text(unet, start)) and motion_text: add_text_to_motion_modules(unet)   # a given UNet's own path goes on training
+    sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['sd']()
+    return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
+
+# %% ../nbs/08_train.ipynb #stgbass1
+def _motion_text_model(inputs: StageInputs) -> TextToVideo:
+    "The motion_text stage's model: a trained base (inputs.unet) with a new text path in its motion modules, the only part that trains."
+    from diffusers import AutoencoderKL, UNetMotionModel
+    from vb_nb.model import MOTION_TEXT_FILE, saved_noise_scheduler, add_text_to_motion_modules
+    from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
+    vae, start = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae')), _final(inputs.unet, 'base')
+    if (start/MOTION_TEXT_FILE).is_file(): warnings.warn(f"{start} already has a motion-text path: the motion_text stage trains a new one in its place")
+    unet = UNetMotionModel.from_pretrained(start)                # stock: the path starts new (one trained along with the base did not learn the words)
+    path = add_text_to_motion_modules(unet)
+    unet.requires_grad_(False); path.requires_grad_(True)
+    return TextToVideo(unet, vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
+
+# %% ../nbs/08_train.ipynb #stgbld01
+def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'output', posenc: bool = True, noise_schedule: str = '',
+                      motion_text: bool = False, pooled_text: bool = True):
+    "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
+    from vb_nb.model import VideoBooth, build_vae
+    if stage == 'vae': return build_vae().train()
+    if stage == 'image':
+        if motion_text: raise ValueError("the image stage has no motion modules: drop --motion-text")
+        return _image_model(inputs, noise_schedule, pooled_text)
+    if stage == 'motion': return _motion_model(inputs)
+    _check_stage_inputs(stage, inputs, noise_schedule, motion_text)
+    if inputs.base:
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
                                            adapter=inputs.adapter or None if stage == 'fine' else None,
                                            **({} if stage == 'fine' else dict(splice_mode=splice_mode)))
-    else:
-        if stage == 'base':
-            vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
-            start = _final(inputs.unet, 'base') if inputs.unet else None          # a given UNet: go on training it
-            if inputs.text_layers and not Path(inputs.text_layers).is_file():
-                raise FileNotFoundError(f"no text layers file {inputs.text_layers!r}: make one with vb_nb.clip.train_text_identity")
-            layers = inputs.text_layers or (start/TEXT_LAYERS_FILE if start else None)
-            unet = UNetMotionModel.from_pretrained(start) if start else build_unet('tiny')
-            if not (start and load_motion_text(unet, start)) and motion_text: add_text_to_motion_modules(unet)   # a given UNet's own path goes on training
-            sched = NOISE_SCHEDULES[noise_schedule]() if noise_schedule else saved_noise_scheduler(start) if start else NOISE_SCHEDULES['sd']()
-            return TextToVideo(unet, vae, toy_text_encoder(layers), load_tokenizer(), sched).train()
-        if stage == 'motion_text':
-            vae, start = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae')), _final(inputs.unet, 'base')
-            if (start/MOTION_TEXT_FILE).is_file(): warnings.warn(f"{start} already has a motion-text path: the motion_text stage trains a new one in its place")
-            unet = UNetMotionModel.from_pretrained(start)                # stock: the path starts new (one trained along with the base did not learn the words)
-            path = add_text_to_motion_modules(unet)
-            unet.requires_grad_(False); path.requires_grad_(True)
-            return TextToVideo(unet, vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
-        model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
-                                          _final(inputs.adapter, 'coarse') if stage == 'fine' and not inputs.from_scratch else None, splice_mode=splice_mode)
+    elif stage == 'base': return _base_model(inputs, noise_schedule, motion_text)
+    elif stage == 'motion_text': return _motion_text_model(inputs)
+    else: model = VideoBooth.from_toy_parts(_final(inputs.vae, 'vae'), _final(inputs.unet, 'base'),
+                                            _final(inputs.adapter, 'coarse') if stage == 'fine' and not inputs.from_scratch else None, splice_mode=splice_mode)
     if stage in ('fine', 'joint'):       # the position code lives in the injection, which coarse does not train
         model.ctx.posenc = posenc; model.adapter.register_to_config(posenc=posenc)
     model.set_stage({'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage])
     return model
 
+# %% ../nbs/08_train.ipynb #stgres01
 TOY_FRAMES = 8   # frames per clip of the toy runs
 
 def resolve_config(cfg: TrainConfig, model, inputs: StageInputs) -> TrainConfig:
@@ -932,6 +1047,7 @@ def resolve_config(cfg: TrainConfig, model, inputs: StageInputs) -> TrainConfig:
     if most and (cfg.num_frames or TOY_FRAMES) > most: raise ValueError(f"--num-frames {cfg.num_frames} is more than this model's motion modules take ({most} frames)")
     return replace(cfg, size=int(size), num_frames=cfg.num_frames or TOY_FRAMES)
 
+# %% ../nbs/08_train.ipynb #stgfrz01
 def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype, keep: tuple = ()) -> int:
     "Store the frozen floating-point parameters of `model` in `dtype` (the autocast dtype: autocast would cast them at every use), except those of the `keep` modules; return how many."
     kept = {id(p) for m in keep for p in m.parameters()}
@@ -940,6 +1056,7 @@ def store_frozen_in(model: torch.nn.Module, dtype: torch.dtype, keep: tuple = ()
         if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and id(p) not in kept: p.data = p.data.to(dtype); n += 1
     return n
 
+# %% ../nbs/08_train.ipynb #stgckp01
 def _state_of_call(states: list):
     "A checkpoint context_fn: in the recomputation, `states` (objects a UNet call leaves per-call values in) hold what they held in the forward."
     def context_fn():
@@ -954,11 +1071,13 @@ def _state_of_call(states: list):
         return contextlib.nullcontext(), restored()
     return context_fn
 
+# %% ../nbs/08_train.ipynb #stgckps1
 def _recomputed_forward(self, *args, **kwargs):
     "A motion module's forward that recomputes itself in the backward pass (bound to the module by enable_checkpointing)."
     if not torch.is_grad_enabled(): return type(self).forward(self, *args, **kwargs)
     return self._checkpoint_fn(type(self).forward.__get__(self), *args, **kwargs)
 
+# %% ../nbs/08_train.ipynb #stgckp02
 def enable_checkpointing(model) -> int:
     "Gradient checkpointing for a stage's model: the UNet's resnets and its motion modules (their attention and text path included), and the spatial transformers of a base without VideoBooth's injection; return how many modules recompute."
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -980,6 +1099,7 @@ def enable_checkpointing(model) -> int:
             mm.forward = types.MethodType(_recomputed_forward, mm)
     return sum(getattr(m, 'gradient_checkpointing', False) is True for m in unet.modules()) + sum('_checkpoint_fn' in vars(m) for m in unet.modules())
 
+# %% ../nbs/08_train.ipynb #stgloss1
 def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     "loss_fn(model, batch) of a stage."
     if stage == 'vae': return vae_loss
@@ -988,6 +1108,7 @@ def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     s = {'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage]
     return lambda m, b: videobooth_loss(m, b, s, cfg.text_dropout, cfg.image_dropout, cfg.mapper_reg, cfg.appearance_dropout)
 
+# %% ../nbs/08_train.ipynb #stgsave1
 def save_final(stage: str, model, folder) -> Path:
     "Write the stage's result with the library's save_pretrained into `folder`, atomically."
     folder = Path(folder)
@@ -1007,6 +1128,7 @@ def save_final(stage: str, model, folder) -> Path:
 SAMPLE_PROMPT = ('green_solid_box', 'a box drifts to the right in the sky')   # bundled example image, text
 IMAGE_SAMPLE_PROMPTS = ('a red ball over the grass', 'a striped blue star in the sky', 'a box on the sand', 'a dotted ring above the water')
 
+# %% ../nbs/08_train.ipynb #smpfn0s1
 def _text_sampler(stage: str, model, out_dir, steps: int, num_frames: int):
     "The image and motion stages' on_checkpoint: IMAGE_SAMPLE_PROMPTS drawn by the model, in a row, to out_dir/samples/step_N.png (.gif for videos)."
     from vb_nb.core import gif_bytes
@@ -1022,10 +1144,9 @@ def _text_sampler(stage: str, model, out_dir, steps: int, num_frames: int):
             else: tmp.write_bytes(gif_bytes(np.concatenate(list(x), 2)))
     return sample
 
-def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
-    "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
-    if stage == 'vae' or steps < 1: return None
-    if stage in ('image', 'motion'): return _text_sampler(stage, model, out_dir, steps, num_frames)
+# %% ../nbs/08_train.ipynb #smpfn002
+def _videobooth_sampler(stage: str, model, out_dir, steps: int, num_frames: int, size: int):
+    "The other stages' on_checkpoint: SAMPLE_PROMPT drawn by VideoBooth (a base's with no image prompt), to out_dir/samples/step_N.gif."
     import copy
     from vb_nb.model import VideoBooth
     from vb_nb.clip import load_image_encoder
@@ -1048,6 +1169,13 @@ def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: 
         with atomic_path(path) as tmp: tmp.write_bytes(gif_bytes(video.frames))
     return sample
 
+# %% ../nbs/08_train.ipynb #smpfn003
+def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
+    "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
+    if stage == 'vae' or steps < 1: return None
+    if stage in ('image', 'motion'): return _text_sampler(stage, model, out_dir, steps, num_frames)
+    return _videobooth_sampler(stage, model, out_dir, steps, num_frames, size)
+
 # %% ../nbs/08_train.ipynb #34afa4df
 def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None, model=None, resume: bool = True, accelerator=None) -> tuple:
     "Train one stage end to end into cfg.out_dir (a new or empty folder, or a run of the same settings: run_folder); return (model, losses)."
@@ -1065,19 +1193,24 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
     if acc.is_main_process: check_run_folder(cfg.out_dir, cfg, resume, inputs)   # before the data is built: a folder that cannot take the run costs nothing
     with run_folder(cfg.out_dir, cfg, resume, inputs, acc): return _train_held(cfg, inputs, dataset, model, resume, acc)
 
-def _train_held(cfg, inputs, dataset, model, resume, acc) -> tuple:
-    "train_stage once its folder is held."
+# %% ../nbs/08_train.ipynb #trnbat01
+def _stage_batches(cfg: TrainConfig, inputs: StageInputs, dataset, model, acc: Accelerator) -> tuple:
+    "(batch_fn, dataset) of a stage: the image stage's frame cache (made once, in the run's folder), the others' clips (toyworld's, built if need be)."
     from vb_nb.dataset import VideoPromptDataset
     if cfg.stage == 'image':                     # single frames, encoded once into the run's folder
         if model.cache is None:
             model.cache = frame_cache(model.vae, model.text_encoder, model.tokenizer, inputs.n_clips, inputs.frames_per_clip, cfg.seed,
                                       inputs.subject_scale, inputs.flat_background, Path(cfg.out_dir)/'cache', acc.is_main_process)
-        batches = cache_batches(model.cache, cfg.batch_size)
-    else:
-        if dataset is None:
-            root = inputs.data or toy_training_data(inputs.n_clips, subject_scale=inputs.subject_scale, flat_background=inputs.flat_background)
-            dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
-        batches = Batches(dataset, cfg.batch_size, cfg.seed, cfg.out_dir, cfg.num_workers, acc.process_index, record=acc.is_main_process)
+        return cache_batches(model.cache, cfg.batch_size), dataset
+    if dataset is None:
+        root = inputs.data or toy_training_data(inputs.n_clips, subject_scale=inputs.subject_scale, flat_background=inputs.flat_background)
+        dataset = VideoPromptDataset(root, n_frames=cfg.num_frames, size=cfg.size)
+    return Batches(dataset, cfg.batch_size, cfg.seed, cfg.out_dir, cfg.num_workers, acc.process_index, record=acc.is_main_process), dataset
+
+# %% ../nbs/08_train.ipynb #trnheld1
+def _train_held(cfg, inputs, dataset, model, resume, acc) -> tuple:
+    "train_stage once its folder is held."
+    batches, dataset = _stage_batches(cfg, inputs, dataset, model, acc)
     start = time.time()
     try:
         losses = fit(cfg, model, stage_loss(cfg.stage, cfg), batches, resume=resume, accelerator=acc,
@@ -1103,21 +1236,19 @@ def write_summary(cfg: TrainConfig, losses: list, seconds: float = 0.0, processe
     with atomic_path(Path(cfg.out_dir)/'summary.json') as tmp: tmp.write_text(json.dumps(summary))
     return Path(cfg.out_dir)/'summary.json'
 
+# %% ../nbs/08_train.ipynb #wrsumms1
 def hardware() -> str:
     "A one-line description of the machine a run used."
     import platform
     if torch.cuda.is_available(): return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
-def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = ()) -> Path:
-    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries (base_from: the runs base_run went on from, oldest first)."
+# %% ../nbs/08_train.ipynb #ship0001
+def _ship_parts(dest: Path, base_run: str):
+    "The final toy VAE and the base UNet of outputs/toy/<base_run> into dest as fp16, each with its noise schedule, text layers and motion-text path."
     from diffusers import AutoencoderKL, UNetMotionModel
-    from safetensors.torch import load_file, save_file
     from vb_nb.clip import TEXT_LAYERS_FILE
-    from vb_nb.core import make_portable
     from vb_nb.model import load_motion_text, save_unet
-    from vb_nb.sample import toy_model_dir
-    dest = Path(dest or toy_model_dir())
     for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
         with atomic_folder(dest/part) as tmp:
             m = cls.from_pretrained(src)
@@ -1125,11 +1256,23 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
             else: m.half().save_pretrained(tmp)
             if (src/'scheduler_config.json').exists(): shutil.copyfile(src/'scheduler_config.json', tmp/'scheduler_config.json')
             if (src/TEXT_LAYERS_FILE).exists(): save_file({k: v.half() for k, v in load_file(str(src/TEXT_LAYERS_FILE)).items()}, str(tmp/TEXT_LAYERS_FILE))
+
+# %% ../nbs/08_train.ipynb #ship00s1
+def _ship_adapter(dest: Path, fine_run: str):
+    "The fine adapter of outputs/toy/<fine_run> into dest/adapter as fp16."
     src = _final(toy_dir(fine_run)/'final', 'fine')
     with atomic_folder(dest/'adapter') as tmp:
         shutil.copyfile(src/'config.json', tmp/'config.json')
         w = load_file(str(src/'diffusion_pytorch_model.safetensors'))
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
+
+# %% ../nbs/08_train.ipynb #ship0002
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = ()) -> Path:
+    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries (base_from: the runs base_run went on from, oldest first)."
+    from vb_nb.core import make_portable
+    from vb_nb.sample import toy_model_dir
+    dest = Path(dest or toy_model_dir())
+    _ship_parts(dest, base_run); _ship_adapter(dest, fine_run)
     bases = [*base_from, base_run]
     runs = {'vae': 'vae', 'base': bases[0], **{r: r for r in bases[1:]}, 'coarse': coarse_run, 'fine': fine_run}   # coarse_run: the run fine_run started from
     logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
@@ -1146,8 +1289,9 @@ def _yes_no(s: str) -> bool:
     if v in ('0', 'false', 'no', 'off'): return False
     raise ValueError(f"expected yes or no, got {s!r}")
 
-def main(argv=None):
-    "Command line: train one stage (vae, image, motion, base, motion_text, coarse, fine, joint)."
+# %% ../nbs/08_train.ipynb #988e9bs1
+def _train_parser():
+    "vb_nb_train's arguments: TrainConfig's settings and StageInputs' parts as flags."
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_train', description=main.__doc__)
     ap.add_argument('--stage', required=True, choices=STAGES)
@@ -1168,6 +1312,12 @@ def main(argv=None):
     ap.add_argument('--subject-scale', type=float, default=StageInputs.subject_scale, help="toyworld's subject size factor (without --data)")
     ap.add_argument('--flat-background', type=_yes_no, default=StageInputs.flat_background, help="toyworld's flat backgrounds, yes or no (without --data)")
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
+    return ap
+
+# %% ../nbs/08_train.ipynb #climain1
+def main(argv=None):
+    "Command line: train one stage (vae, image, motion, base, motion_text, coarse, fine, joint)."
+    ap = _train_parser()
     a = ap.parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}
     try:
