@@ -28,12 +28,13 @@ __all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_
            'diffusion_inputs', 'diffusion_target', 'TextToVideo', 'swap_words', 'caption_loss', 'toy_frames',
            'pooled_text', 'caption_states', 'frame_latents', 'frame_cache', 'build_image_unet', 'added_conditions',
            'min_snr_weights', 'TextToImage', 'cache_batches', 'guided_ddim', 'decode_latents', 'draw_images',
-           'motion_unet', 'draw_videos', 'drop_subject_modifiers', 'draw_conditions', 'videobooth_loss', 'StageInputs',
-           'toy_dir', 'build_stage_model', 'resolve_config', 'store_frozen_in', 'enable_checkpointing', 'stage_loss',
-           'save_final', 'checkpoint_sampler', 'train_stage', 'write_summary', 'hardware', 'ship_toy_model', 'main']
+           'motion_unet', 'draw_videos', 'DecoderTuning', 'decoder_frames', 'frame_batches', 'drop_subject_modifiers',
+           'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config',
+           'store_frozen_in', 'enable_checkpointing', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage',
+           'write_summary', 'hardware', 'ship_toy_model', 'main']
 
 # %% ../nbs/08_train.ipynb #1b02ef6b
-STAGES = ('vae', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')
+STAGES = ('vae', 'decoder', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')
 
 @dataclass
 class TrainConfig:
@@ -66,7 +67,7 @@ class TrainConfig:
     min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
     gradient_checkpointing: bool = False   # recompute the UNet's resnets and motion modules (their attention too) in the backward pass: less memory, more time
     num_workers: int = 0              # DataLoader processes that decode the next batches while the model trains (0: the training process decodes)
-    subject_weight: float = 0.0       # image: the subject's latent cells weigh 1 + this in the loss
+    subject_weight: float = 0.0       # image, decoder: the subject's latent cells (pixels) weigh 1 + this in the loss
     snr_gamma: float = 0.0            # image: Min-SNR-gamma weights of the timesteps (0: none)
     pooled_text: bool = True          # image: the caption's pooled state joins the time embedding (SDXL's 'text_time')
 
@@ -105,7 +106,8 @@ def _check_config(cfg: TrainConfig):
     from vb_nb.model import NOISE_SCHEDULES
     if cfg.noise_schedule not in ('', *NOISE_SCHEDULES): raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)} (or '' for the UNet's own), got {cfg.noise_schedule!r}")
     if not (cfg.subject_weight >= 0 and cfg.snr_gamma >= 0): raise ValueError(f"subject_weight and snr_gamma must be >= 0, got {cfg.subject_weight}, {cfg.snr_gamma}")
-    if (cfg.subject_weight or cfg.snr_gamma) and cfg.stage != 'image': raise ValueError(f"subject_weight and snr_gamma belong to the image stage, not {cfg.stage}")
+    if cfg.subject_weight and cfg.stage not in ('image', 'decoder'): raise ValueError(f"subject_weight belongs to the image and decoder stages, not {cfg.stage}")
+    if cfg.snr_gamma and cfg.stage != 'image': raise ValueError(f"snr_gamma belongs to the image stage, not {cfg.stage}")
     if cfg.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {cfg.splice_mode!r}")
     for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
         if not 0 <= getattr(cfg, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(cfg, f)}")
@@ -874,6 +876,40 @@ def draw_videos(model: TextToVideo, prompts, num_frames: int = 8, seed: int = 0,
     h = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
     return decode_latents(vae, guided_ddim(model, prompts, (len(prompts), model.unet.config.in_channels, num_frames, h, h), seed, steps, guidance))
 
+# %% ../nbs/08_train.ipynb #decfn001
+class DecoderTuning(torch.nn.Module):
+    "The decoder stage's model: a VAE whose decoder (and post-quant conv) train on frames and subject masks, its encoder frozen."
+    def __init__(self, vae, frames: torch.Tensor|None = None, masks: torch.Tensor|None = None):
+        super().__init__()
+        self.vae, self.frames, self.masks = vae, frames, masks
+        vae.requires_grad_(False); vae.decoder.requires_grad_(True); vae.post_quant_conv.requires_grad_(True)
+
+    def forward(self, batch: dict, subject_weight: float = 0.0) -> torch.Tensor:
+        "Reconstruction MSE of frames in [-1, 1] through a posterior sample, the subject's pixels weighted 1 + `subject_weight`."
+        p = next(self.vae.parameters())
+        x, m = batch['pixel_values'].to(p.device, p.dtype), batch['masks'].to(p.device)
+        with torch.no_grad(): z = self.vae.encode(x).latent_dist.sample()
+        w = 1 + subject_weight * m.to(x.dtype)
+        return ((self.vae.decode(z).sample.float() - x.float()) ** 2 * w).mean() / w.mean()
+
+def _decoder_model(inputs) -> DecoderTuning:
+    "The decoder stage's model: the VAE of inputs.vae (default outputs/toy/vae/final), its decoder to tune."
+    from diffusers import AutoencoderKL
+    return DecoderTuning(AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))).train()
+
+def decoder_frames(n_clips: int = 800, per_clip: int = 4, seed: int = 1, subject_scale: float = 1.0, flat_background: bool = False, progress: bool = True):
+    "The decoder stage's data: frames (N, 3, H, W) in [-1, 1] and subject masks (N, 1, H, W), grown by a pixel so that the rim counts as subject."
+    frames, masks, _ = toy_frames(n_clips, per_clip, seed, subject_scale, flat_background, progress)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.nn.functional.max_pool2d(torch.from_numpy(masks).float()[:, None], 3, 1, 1) > 0
+
+def frame_batches(frames: torch.Tensor, masks: torch.Tensor, batch_size: int) -> Callable:
+    "fit's batch_fn over frames in memory: `batch_size` random frames and their masks."
+    def batch(k: int) -> dict:
+        i = torch.randint(len(frames), (batch_size,))
+        return dict(pixel_values=frames[i], masks=masks[i])
+    return batch
+
 # %% ../nbs/08_train.ipynb #appfn001
 DETERMINERS = frozenset('a an the this that these those one two three some its his her their my your our'.split())
 
@@ -952,7 +988,7 @@ class StageInputs:
     motion_adapter: str = ''   # real scale: AnimateDiff motion adapter folder or hub id
     image_encoder: str = ''    # real scale: CLIP vision folder or hub id
     n_clips: int = 2000        # toyworld clips to generate when data is empty
-    frames_per_clip: int = 2   # image stage: frames of each toyworld clip in its frame cache
+    frames_per_clip: int = 2   # image, decoder stages: frames of each toyworld clip they train on
     subject_scale: float = 1.0 # toyworld's subject size when data is empty (random_spec's subject_scale)
     flat_background: bool = False   # toyworld's flat backgrounds when data is empty
 
@@ -1014,6 +1050,7 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
     "The module whose trainable parameters the stage trains (everything else frozen); splice_mode, posenc, noise_schedule and motion_text as in TrainConfig."
     from vb_nb.model import VideoBooth, build_vae
     if stage == 'vae': return build_vae().train()
+    if stage == 'decoder': return _decoder_model(inputs)
     if stage == 'image':
         if motion_text: raise ValueError("the image stage has no motion modules: drop --motion-text")
         return _image_model(inputs, noise_schedule, pooled_text)
@@ -1103,6 +1140,7 @@ def enable_checkpointing(model) -> int:
 def stage_loss(stage: str, cfg: TrainConfig) -> Callable:
     "loss_fn(model, batch) of a stage."
     if stage == 'vae': return vae_loss
+    if stage == 'decoder': return lambda m, b: m(b, cfg.subject_weight)
     if stage == 'image': return lambda m, b: m(b, cfg.text_dropout, cfg.subject_weight, cfg.snr_gamma)
     if stage in ('base', 'motion_text', 'motion'): return lambda m, b: m(b, cfg.text_dropout, cfg.min_timestep)
     s = {'coarse': 1, 'fine': 2, 'joint': 'joint'}[stage]
@@ -1114,6 +1152,7 @@ def save_final(stage: str, model, folder) -> Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         if stage == 'vae': model.save_pretrained(tmp)
+        elif stage == 'decoder': model.vae.save_pretrained(tmp)
         elif stage in ('image', 'motion', 'base', 'motion_text'):
             from vb_nb.clip import TEXT_LAYERS_FILE, text_layer_weights
             from vb_nb.model import save_unet
@@ -1172,7 +1211,7 @@ def _videobooth_sampler(stage: str, model, out_dir, steps: int, num_frames: int,
 # %% ../nbs/08_train.ipynb #smpfn003
 def checkpoint_sampler(stage: str, model, out_dir, steps: int = 10, num_frames: int = TOY_FRAMES, size: int = 64):
     "An on_checkpoint callback for `fit` that writes a sample GIF per checkpoint (`num_frames` frames of `size` pixels, the run's) to out_dir/samples (None for the VAE or steps=0)."
-    if stage == 'vae' or steps < 1: return None
+    if stage in ('vae', 'decoder') or steps < 1: return None
     if stage in ('image', 'motion'): return _text_sampler(stage, model, out_dir, steps, num_frames)
     return _videobooth_sampler(stage, model, out_dir, steps, num_frames, size)
 
@@ -1195,8 +1234,12 @@ def train_stage(cfg: TrainConfig, inputs: StageInputs|None = None, dataset=None,
 
 # %% ../nbs/08_train.ipynb #trnbat01
 def _stage_batches(cfg: TrainConfig, inputs: StageInputs, dataset, model, acc: Accelerator) -> tuple:
-    "(batch_fn, dataset) of a stage: the image stage's frame cache (made once, in the run's folder), the others' clips (toyworld's, built if need be)."
+    "(batch_fn, dataset) of a stage: the decoder stage's frames, the image stage's frame cache (made once, in the run's folder), the others' clips (toyworld's, built if need be)."
     from vb_nb.dataset import VideoPromptDataset
+    if cfg.stage == 'decoder':                   # single frames, in memory
+        if model.frames is None:
+            model.frames, model.masks = decoder_frames(inputs.n_clips, inputs.frames_per_clip, cfg.seed + 1, inputs.subject_scale, inputs.flat_background, acc.is_main_process)
+        return frame_batches(model.frames, model.masks, cfg.batch_size), dataset
     if cfg.stage == 'image':                     # single frames, encoded once into the run's folder
         if model.cache is None:
             model.cache = frame_cache(model.vae, model.text_encoder, model.tokenizer, inputs.n_clips, inputs.frames_per_clip, cfg.seed,
@@ -1308,7 +1351,7 @@ def _train_parser():
         ap.add_argument('--' + f.replace('_', '-'), dest=f, default='')
     ap.add_argument('--from-scratch', action='store_true', help='fine stage: start a new adapter, not the coarse one (--adapter)')
     ap.add_argument('--n-clips', type=int, default=StageInputs.n_clips, help='toyworld clips to generate when --data is not given')
-    ap.add_argument('--frames-per-clip', type=int, default=StageInputs.frames_per_clip, help='image stage: frames of each toyworld clip')
+    ap.add_argument('--frames-per-clip', type=int, default=StageInputs.frames_per_clip, help='image and decoder stages: frames of each toyworld clip')
     ap.add_argument('--subject-scale', type=float, default=StageInputs.subject_scale, help="toyworld's subject size factor (without --data)")
     ap.add_argument('--flat-background', type=_yes_no, default=StageInputs.flat_background, help="toyworld's flat backgrounds, yes or no (without --data)")
     ap.add_argument('--no-resume', action='store_true', help='start afresh even if --out holds checkpoints')
@@ -1316,7 +1359,7 @@ def _train_parser():
 
 # %% ../nbs/08_train.ipynb #climain1
 def main(argv=None):
-    "Command line: train one stage (vae, image, motion, base, motion_text, coarse, fine, joint)."
+    "Command line: train one stage (vae, decoder, image, motion, base, motion_text, coarse, fine, joint)."
     ap = _train_parser()
     a = ap.parse_args(argv)
     over = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}
