@@ -24,7 +24,7 @@ __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 
            'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options', 'generate',
            'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
 
-# %% ../nbs/09_sample.ipynb #370ae255
+# %% ../nbs/09_sample.ipynb #40fd5caa
 def _array_to_rgb(image) -> np.ndarray:
     "An image prompt given as an array or tensor ((H, W), (H, W, 1|3|4) or (3, H, W); uint8, or float in [0, 1]) as uint8 RGB, transparency on white."
     arr = np.asarray(image.detach().cpu() if torch.is_tensor(image) else image)
@@ -377,7 +377,7 @@ def fit_prompts(self: VideoBoothPipeline, prompt, subject=None, adapter: bool = 
     fitted = [fit_prompt(p, s, self.tokenizer) for p, s in zip(prompts, subjects)]
     return [p for p, _ in fitted], [w for _, w in fitted]
 
-# %% ../nbs/09_sample.ipynb #pipe0010
+# %% ../nbs/09_sample.ipynb #13981647
 @patch
 def _prompt_embeds(self: VideoBoothPipeline, prompt, image=None, subject=None, adapter: bool = True) -> torch.Tensor:
     "Each prompt fitted and encoded: with the image prompt's tokens in place of its subject word, or plain with adapter=False."
@@ -439,7 +439,7 @@ def plan_embeds(self: VideoBoothPipeline, plan, subject, image, blend: float = 2
             'text': plan_embeddings(plan, lambda ps: m.encode_prompts(ps, splice=False)[0], blend),
             'none': m.uncond_embeds().expand(plan.num_frames, -1, -1)}
 
-# %% ../nbs/09_sample.ipynb #pipe0016
+# %% ../nbs/09_sample.ipynb #56684adc
 def _unet_text(names, embeds: dict, num_frames: int) -> torch.Tensor:
     "The UNet's text for one step: the branches' conditions stacked in `names` order, per frame (each step passes this same tensor, so its K/V are cached)."
     text = torch.cat([embeds[n] for n in names])
