@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from fastcore.basics import patch
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from .core import atomic_path, outputs_dir, sample_frame_indices
@@ -56,38 +57,46 @@ def clip_processor_for(model: CLIPModel, folder=None) -> CLIPProcessor:
     tokenizer = load_tokenizer(folder) if has('vocab.json', 'tokenizer.json') else load_tokenizer()
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
+# %% ../nbs/10_eval.ipynb #4b261203
+def _load_eval_clip(model, device) -> tuple:
+    "(CLIPModel, its folder or None) from None (the toy evaluator CLIP), a CLIP folder or a transformers CLIPModel."
+    from vb_nb.clip import load_clip_model
+    if isinstance(model, CLIPModel): return (model.eval().to(device) if device is not None else model.eval()), None
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be None (the toy evaluator CLIP), a CLIP folder or a transformers CLIPModel; got {type(model).__name__}")
+    folder = _eval_clip_dir() if model is None else Path(os.path.expanduser(str(model)))
+    if model is None and not (folder/'model.safetensors').exists():
+        raise FileNotFoundError(f"the toy evaluator CLIP is missing from {folder}: train it with train_toy_eval_clip() "
+                                "(`nbdev_test --flags slow --path nbs/10_eval.ipynb`), or name a CLIP folder")
+    return load_clip_model(folder, device=device), folder
+
+# %% ../nbs/10_eval.ipynb #a36818bc
 class ClipScorer:
     "An evaluator CLIP behind torchmetrics' CLIPScore: `score(sources, targets)` is 100 * max(cos, 0) per pair."
     def __init__(self, model=None, device=None):
         from torchmetrics.multimodal.clip_score import CLIPScore
-        from vb_nb.clip import load_clip_model
-        folder = None
-        if model is None or isinstance(model, (str, os.PathLike)):
-            folder = _eval_clip_dir() if model is None else Path(os.path.expanduser(str(model)))
-            if model is None and not (folder/'model.safetensors').exists():
-                raise FileNotFoundError(f"the toy evaluator CLIP is missing from {folder}: train it with train_toy_eval_clip() "
-                                        "(`nbdev_test --flags slow --path nbs/10_eval.ipynb`), or name a CLIP folder")
-            clip = load_clip_model(folder, device=device)
-        elif isinstance(model, CLIPModel): clip = model.eval().to(device) if device is not None else model.eval()
-        else: raise TypeError(f"model must be None (the toy evaluator CLIP), a CLIP folder or a transformers CLIPModel; got {type(model).__name__}")
+        clip, folder = _load_eval_clip(model, device)
         self.clip, self.folder = clip, folder
         self.processor = clip_processor_for(clip, folder)
         self.metric = CLIPScore(model_name_or_path=lambda: (CLIPFeatures(clip), self.processor))
 
     def __repr__(self): return f"ClipScorer({self.folder.name if self.folder else type(self.clip).__name__}, width {self.clip.config.text_config.hidden_size})"
 
-    @torch.no_grad()
-    def score(self, sources, targets) -> torch.Tensor:
-        "Per-pair CLIP-Score 100 * max(cos, 0) of equally long lists of images (uint8 CHW tensors) or strings."
-        if len(sources) != len(targets): raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
-        out = []
-        for s, t in zip(sources, targets):
-            self.metric.reset()
-            self.metric.update(s if torch.is_tensor(s) else [s], t if torch.is_tensor(t) else [t])
-            out.append(self.metric.compute())
+# %% ../nbs/10_eval.ipynb #acda89c9
+@patch
+@torch.no_grad()
+def score(self: ClipScorer, sources, targets) -> torch.Tensor:
+    "Per-pair CLIP-Score 100 * max(cos, 0) of equally long lists of images (uint8 CHW tensors) or strings."
+    if len(sources) != len(targets): raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+    out = []
+    for s, t in zip(sources, targets):
         self.metric.reset()
-        return torch.stack(out).float()
+        self.metric.update(s if torch.is_tensor(s) else [s], t if torch.is_tensor(t) else [t])
+        out.append(self.metric.compute())
+    self.metric.reset()
+    return torch.stack(out).float()
 
+# %% ../nbs/10_eval.ipynb #e1b604de
 @functools.lru_cache(maxsize=4)
 def _cached_scorer(key): return ClipScorer(None if key == '' else key)
 
@@ -108,6 +117,7 @@ def as_frame_list(frames) -> list:
         raise ValueError(f"frames must be uint8 RGB shaped (F, H, W, 3) (e.g. generate(...).frames), got {x.dtype} {x.shape}")
     return list(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2))
 
+# %% ../nbs/10_eval.ipynb #cd7971d1
 def clip_score(frames, text: str, model=None) -> float:
     "CLIP-Score of a video and a prompt: mean over frames of 100 * max(cos(image, text), 0), with torchmetrics' CLIPScore."
     if not isinstance(text, str) or not text.strip(): raise ValueError(f"text must be a non-empty string, got {text!r}")
@@ -147,6 +157,7 @@ def _hsv(pixels: np.ndarray) -> tuple:
     s = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0)
     return np.where(mx - mn > 1e-6, h, 0), s
 
+# %% ../nbs/10_eval.ipynb #8f0442f9
 def subject_pixels(frame: np.ndarray, box, min_diff: float = 40.0) -> np.ndarray:
     "The (N, 3) pixels inside `box` that differ by more than `min_diff` from the background (the median of a 3-px ring around the box)."
     H, W = frame.shape[:2]
@@ -161,6 +172,7 @@ def subject_pixels(frame: np.ndarray, box, min_diff: float = 40.0) -> np.ndarray
     bg = np.median(frame[ring].astype(np.float32), 0) if ring.any() else np.full(3, -1e3)
     return inside[np.linalg.norm(inside - bg, axis=-1) > min_diff]
 
+# %% ../nbs/10_eval.ipynb #2c3a2018
 def subject_colour(frame: np.ndarray, box, min_diff: float = 40.0, min_sat: float = 0.25) -> str|None:
     "The COLOURS name of the subject inside `box` of `frame`: a saturation-weighted vote of its pixels' nearest hues (None if no subject pixels)."
     pix = subject_pixels(frame, box, min_diff)
@@ -190,6 +202,7 @@ def track_subject(frames, detector=None, score_thresh: float = 0.3) -> list:
                    if k >= 0 and d['scores'][k] >= score_thresh else None)
     return out
 
+# %% ../nbs/10_eval.ipynb #f17efb23
 def category_accuracy(track: list, category: str) -> float:
     "Fraction of frames whose best detection has class `category` (frames without one count as wrong)."
     return float(np.mean([t is not None and t['label'] == category for t in track]))
@@ -199,6 +212,7 @@ def appearance_accuracy(frames, track: list, colour: str) -> float:
     fs = as_frame_list(frames)
     return float(np.mean([t is not None and subject_colour(f.permute(1, 2, 0).numpy(), t['box']) == colour for f, t in zip(fs, track)]))
 
+# %% ../nbs/10_eval.ipynb #b93420c7
 def tint_fraction(frame: np.ndarray, box, min_diff: float = 25.0) -> float|None:
     "Among the subject's pixels in `box`: pale light ones (the pattern's tint) / (pale light + saturated ones); None if too few."
     pix = subject_pixels(frame, box, min_diff)    # a lower threshold than for colour: the tint is close to snow and cloud
@@ -233,17 +247,22 @@ def segment_correct(motion: str, centres: np.ndarray, areas: np.ndarray, min_mov
         return bool(len(centres) >= 3 and centres[1:-1, 1].min() <= min(centres[0, 1], centres[-1, 1]) - min_move)
     raise ValueError(f"motion {motion!r} is not scored; scored motions: {SCORED_MOTIONS}")
 
-def motion_accuracy(track: list, motion: str) -> float|None:
-    "Fraction of the motion's scored segments (toyworld.motion_segments over the video's frames) that the tracked box shows; None if none is scored."
-    n = len(track)
+# %% ../nbs/10_eval.ipynb #88fdbcd3
+def _track_boxes(track: list) -> tuple:
+    "(detected per frame, box centres (n, 2), box areas (n,)) of a track, frames without a detection filled in linearly."
     ok = np.array([t is not None for t in track])
     boxes = np.array([t['box'] if t is not None else [np.nan] * 4 for t in track], np.float64)
     if ok.sum() >= 1:
         for j in range(4): boxes[~ok, j] = np.interp(np.flatnonzero(~ok), np.flatnonzero(ok), boxes[ok, j])
     centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return ok, centres, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+# %% ../nbs/10_eval.ipynb #3ebb9506
+def motion_accuracy(track: list, motion: str) -> float|None:
+    "Fraction of the motion's scored segments (toyworld.motion_segments over the video's frames) that the tracked box shows; None if none is scored."
+    ok, centres, areas = _track_boxes(track)
     scores = []
-    for name, a, b in tw.motion_segments(motion, n):
+    for name, a, b in tw.motion_segments(motion, len(track)):
         if name not in SCORED_MOTIONS: continue
         if ok[a:b].sum() < 2 or b - a < 2: scores.append(False); continue
         lo = a - 1 if a > 0 and name not in ('bounce',) else a     # a segment's motion starts from the previous frame
@@ -273,6 +292,7 @@ def benchmark_prompt(spec, rng, appearance: bool = False) -> str:
     adj = f"{tw.PATTERN_WORDS[spec.pattern]['adjectives'][-1]} {spec.colour} " if appearance else ''
     return f"a {adj}{spec.category} {verbs} {where}"
 
+# %% ../nbs/10_eval.ipynb #124581fb
 def benchmark_prompts(n: int, seed: int = 0) -> list:
     "The first `n` held-out toyworld clips as benchmark items: spec, prompt, image prompt."
     from vb_nb.sample import render_example
@@ -284,6 +304,7 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
                           image=render_example(spec.category, spec.colour, spec.pattern)))
     return items
 
+# %% ../nbs/10_eval.ipynb #4a0d17d3
 def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None) -> dict:
     "name -> (model source, generate options); model source None is the benchmark's model, 'base' its base alone, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
@@ -315,6 +336,7 @@ def folder_fingerprint(source) -> str|None:
             for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
     return h.hexdigest()[:12]
 
+# %% ../nbs/10_eval.ipynb #653bc56d
 def _with_adapter(model, folder):
     "The benchmark's model with the adapter of `folder` loaded (a copy: the original keeps its adapter)."
     import copy
@@ -330,6 +352,7 @@ def measure_video(frames, item: dict, scorer) -> dict:
     return dict(clip_t=clip_score(frames, item['description'], scorer), clip_i=clip_image_score(frames, item['image'], scorer),
                 temporal=temporal_consistency(frames, scorer), motion_compound=toy['motion'] if len(s.motions) > 1 else None, **toy)
 
+# %% ../nbs/10_eval.ipynb #c7bd14a2
 def _aggregate(rows: list, systems, seeds) -> dict:
     "Per system and metric: the mean over prompts for each seed, then mean and spread (std) over seeds."
     out = {}
@@ -346,6 +369,12 @@ def _aggregate(rows: list, systems, seeds) -> dict:
         out[name] = res
     return out
 
+# %% ../nbs/10_eval.ipynb #63d1b49b
+def _table_cell(d: dict, k: str) -> str:
+    "One metric of one system: mean +- std, CLIP metrics to one decimal, the rest to two."
+    if d['mean'] is None: return 'n/a'
+    return f"{d['mean']:.1f} ± {d['std']:.1f}" if k.startswith(('clip', 'temporal')) else f"{d['mean']:.2f} ± {d['std']:.2f}"
+
 def results_markdown(results: dict) -> str:
     "The results as a markdown table: mean +- spread over seeds per metric and system."
     c = results['config']
@@ -355,57 +384,40 @@ def results_markdown(results: dict) -> str:
             "motion_compound: motion on the prompts with two motions (the ones prompt decomposition is for).\n\n")
     cols = list(BENCHMARK_METRICS)
     lines = ['| system | ' + ' | '.join(cols) + ' |', '|---|' + '---:|' * len(cols)]
-    for name, res in results['systems'].items():
-        cells = []
-        for k in cols:
-            d = res[k]
-            if d['mean'] is None: cells.append('n/a')
-            elif k.startswith(('clip', 'temporal')): cells.append(f"{d['mean']:.1f} ± {d['std']:.1f}")
-            else: cells.append(f"{d['mean']:.2f} ± {d['std']:.2f}")
-        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines += [f'| {name} | ' + ' | '.join(_table_cell(res[k], k) for k in cols) + ' |' for name, res in results['systems'].items()]
     return head + '\n'.join(lines) + '\n'
 
-# %% ../nbs/10_eval.ipynb #38e9faba
-def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = None, model=None, steps: int = 25,
-                  num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True) -> dict:
-    "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir`."
-    from tqdm.auto import tqdm
-    from vb_nb.sample import generate, _pipeline
+# %% ../nbs/10_eval.ipynb #bc15788a
+def _benchmark_config(n_prompts, seeds, systems, model, steps, num_frames, prompt_seed, scorer) -> dict:
+    "The run's settings, with each system's model fingerprints."
     from vb_nb.core import portable
-    systems = systems if systems is not None else default_systems()
-    seeds = [int(s) for s in seeds]
-    if not seeds or n_prompts < 1: raise ValueError("the benchmark needs at least one seed and one prompt")
-    out_dir = Path(out_dir or outputs_dir()/'benchmark'); out_dir.mkdir(parents=True, exist_ok=True)
-    scorer = get_scorer(evaluator)
-    items = benchmark_prompts(n_prompts, prompt_seed)
     config = dict(n_prompts=n_prompts, seeds=seeds, steps=steps, num_frames=num_frames, prompt_seed=prompt_seed, evaluator=repr(scorer),
                   model=portable(model) if model is None or isinstance(model, (str, os.PathLike)) else type(model).__name__)
     model_fp = folder_fingerprint(model)
     config['fingerprints'] = {name: None if src == 'real' else model_fp if src is None else ['base', model_fp] if src == 'base'
                               else [model_fp, folder_fingerprint(src)] for name, (src, _) in systems.items()}
-    rows_path = out_dir/'rows.jsonl'
-    rows = [json.loads(l) for l in rows_path.read_text().splitlines() if l] if rows_path.exists() else []
-    # a cached row is reused only for the same system, prompt, seed, settings and model files (the fingerprints, not where the files lie)
-    key = lambda name, i, sd: json.dumps([name, i, sd, {k: v for k, v in config.items() if k not in ('seeds', 'fingerprints', 'model')},
-                                          config['fingerprints'][name]], sort_keys=True, default=str)
-    done = {r['key'] for r in rows}
-    pipes = {}
-    todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
-    for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
-        k = key(name, it['index'], sd)
-        if k in done: continue
-        source, opts = systems[name]
-        if source == 'real': frames = real_clip(it['spec'], num_frames)
-        else:
-            if name not in pipes:
-                pipes[name] = _pipeline(model if source in (None, 'base') else _with_adapter(model, source), None)
-            text = it[opts.get('text', 'prompt')]
-            frames = generate(it['image'], text, it['spec'].category, model=pipes[name], num_frames=num_frames, num_inference_steps=steps,
-                              seed=sd, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames
-        r = dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer))
-        rows.append(r)
-        with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
-    mine = [r for r in rows if r['key'] in {key(n, it['index'], sd) for n in systems for it in items for sd in seeds}]
+    return config
+
+def _row_key(config: dict, name: str, i: int, sd: int) -> str:
+    "A cached row is reused only for the same system, prompt, seed, settings and model files (the fingerprints, not where the files lie)."
+    return json.dumps([name, i, sd, {k: v for k, v in config.items() if k not in ('seeds', 'fingerprints', 'model')},
+                       config['fingerprints'][name]], sort_keys=True, default=str)
+
+# %% ../nbs/10_eval.ipynb #76d1e2ef
+def _system_frames(name: str, source, opts: dict, item: dict, seed: int, model, pipes: dict, num_frames: int, steps: int):
+    "The frames of system `name` for one benchmark item and seed (the real clip for 'real'); `pipes` keeps each system's pipeline."
+    from vb_nb.sample import generate, _pipeline
+    if source == 'real': return real_clip(item['spec'], num_frames)
+    if name not in pipes:
+        pipes[name] = _pipeline(model if source in (None, 'base') else _with_adapter(model, source), None)
+    text = item[opts.get('text', 'prompt')]
+    return generate(item['image'], text, item['spec'].category, model=pipes[name], num_frames=num_frames, num_inference_steps=steps,
+                    seed=seed, progress=False, **{'refine': None, **{k: v for k, v in opts.items() if k != 'text'}}).frames
+
+# %% ../nbs/10_eval.ipynb #63135e9b
+def _write_results(out_dir: Path, config: dict, rows: list, systems: dict, items: list, seeds: list) -> dict:
+    "Aggregate this run's rows and write results.json / results.md."
+    mine = [r for r in rows if r['key'] in {_row_key(config, n, it['index'], sd) for n in systems for it in items for sd in seeds}]
     # the real clips do not depend on the seed: their row stands for every seed
     expanded = [dict(r, seed=sd) for r in mine for sd in (seeds if systems[r['system']][0] == 'real' else [r['seed']])]
     results = dict(config=config, systems=_aggregate(expanded, systems, seeds),
@@ -415,9 +427,32 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     with atomic_path(out_dir/'results.md') as tmp: tmp.write_text(results_markdown(results))
     return results
 
+# %% ../nbs/10_eval.ipynb #61da8658
+def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = None, model=None, steps: int = 25,
+                  num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True) -> dict:
+    "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir`."
+    from tqdm.auto import tqdm
+    systems = systems if systems is not None else default_systems()
+    seeds = [int(s) for s in seeds]
+    if not seeds or n_prompts < 1: raise ValueError("the benchmark needs at least one seed and one prompt")
+    out_dir = Path(out_dir or outputs_dir()/'benchmark'); out_dir.mkdir(parents=True, exist_ok=True)
+    scorer = get_scorer(evaluator)
+    items = benchmark_prompts(n_prompts, prompt_seed)
+    config = _benchmark_config(n_prompts, seeds, systems, model, steps, num_frames, prompt_seed, scorer)
+    rows_path = out_dir/'rows.jsonl'
+    rows = [json.loads(l) for l in rows_path.read_text().splitlines() if l] if rows_path.exists() else []
+    done, pipes = {r['key'] for r in rows}, {}
+    todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
+    for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
+        k = _row_key(config, name, it['index'], sd)
+        if k in done: continue
+        frames = _system_frames(name, *systems[name], it, sd, model, pipes, num_frames, steps)
+        rows.append(dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer)))
+        with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
+    return _write_results(out_dir, config, rows, systems, items, seeds)
+
 # %% ../nbs/10_eval.ipynb #93b1ff57
-def main(argv=None):
-    "Command line: the held-out toyworld benchmark; writes results.json and results.md."
+def _benchmark_parser():
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_benchmark', description=main.__doc__)
     ap.add_argument('--prompts', type=int, default=24, help='number of held-out prompts')
@@ -433,6 +468,12 @@ def main(argv=None):
     ap.add_argument('--evaluator', default=None, help='CLIP folder for the CLIP metrics (default: the toy evaluator CLIP)')
     ap.add_argument('--out', default=None, help='output folder (default: outputs/benchmark)')
     ap.add_argument('--quick', action='store_true', help='3 prompts, 1 seed, 4 steps')
+    return ap
+
+# %% ../nbs/10_eval.ipynb #b983c21f
+def main(argv=None):
+    "Command line: the held-out toyworld benchmark; writes results.json and results.md."
+    ap = _benchmark_parser()
     a = ap.parse_args(argv)
     if a.quick: a.prompts, a.seeds, a.steps = 3, a.seeds[:1], 4
     systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained, a.coarse)
@@ -448,16 +489,19 @@ def main(argv=None):
     print(results_markdown(res)); print(f"wrote {out/'results.json'} and {out/'results.md'}")
 
 # %% ../nbs/10_eval.ipynb #wordfn01
+def _one_motion_specs(n: int) -> list:
+    "The first `n` held-out toyworld clips (prompt seed 7) with a single motion: their colours and categories make the prompts."
+    return [s for s in (tw.random_spec(7, 'heldout', j)[0] for j in range(40 * n)) if len(s.motions) == 1][:n]
+
 def word_following(model=None, n_seeds: int = 16, steps: int = 25, device=None) -> float:
     "Share of videos, the base alone from held-out seeds under each straight-motion prompt, whose subject goes the way the prompt says."
     from vb_nb.sample import _pipeline, STEER_DIRECTIONS, as_uint8
     if n_seeds < 1: raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
     pipe = _pipeline(model, device); pipe.set_progress_bar_config(disable=True)
     m = pipe.model
-    specs = [s for s in (tw.random_spec(7, 'heldout', j)[0] for j in range(40 * n_seeds)) if len(s.motions) == 1][:n_seeds]
     shape = (1, m.unet.config.in_channels, 8, 64 // m.vae_scale_factor, 64 // m.vae_scale_factor)   # the pipeline's default video: 8 frames of 64 px
     scores = []
-    for i, s in enumerate(specs):
+    for i, s in enumerate(_one_motion_specs(n_seeds)):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(i))
         for motion in STEER_DIRECTIONS:
             frames = as_uint8(pipe(f"a {s.colour} {s.category} {tw.MOTIONS[motion].phrases[0]}", latents=noise.clone(), adapter=False,

@@ -24,6 +24,24 @@ __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 
            'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options', 'generate',
            'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
 
+# %% ../nbs/09_sample.ipynb #40fd5caa
+def _array_to_rgb(image) -> np.ndarray:
+    "An image prompt given as an array or tensor ((H, W), (H, W, 1|3|4) or (3, H, W); uint8, or float in [0, 1]) as uint8 RGB, transparency on white."
+    arr = np.asarray(image.detach().cpu() if torch.is_tensor(image) else image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4): arr = arr.transpose(1, 2, 0)   # CHW -> HWC
+    if arr.ndim == 2: arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4): raise ValueError(f"image prompt arrays must be (H, W), (H, W, 1|3|4) or (3, H, W); got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all(): raise ValueError("the image prompt contains NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1: raise ValueError(f"float image prompts must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+        arr = (arr * 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8: raise ValueError(f"integer image prompts must be uint8, got {arr.dtype}")
+    if arr.shape[-1] == 4:
+        a = arr[..., 3:].astype(np.float32) / 255
+        arr = (arr[..., :3] * a + 255 * (1 - a)).round().astype(np.uint8)
+    if arr.shape[-1] == 1: arr = arr.repeat(3, -1)
+    return arr
+
 # %% ../nbs/09_sample.ipynb #370ae255
 def load_image_prompt(image) -> np.ndarray:
     "An image prompt (path, PIL image or array; any mode, any size) as uint8 RGB on a white square (S, S, 3)."
@@ -33,21 +51,7 @@ def load_image_prompt(image) -> np.ndarray:
         p = Path(image)
         if not p.exists(): raise FileNotFoundError(f"image prompt {str(p)!r}: no such file")
         image = open_image(p, name=f"image prompt {str(p)!r}")        # size checked before decoding
-    if isinstance(image, Image.Image): arr = image_to_rgb(image)        # EXIF orientation, 16-bit, transparency on white
-    else:
-        arr = np.asarray(image.detach().cpu() if torch.is_tensor(image) else image)
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4): arr = arr.transpose(1, 2, 0)   # CHW -> HWC
-        if arr.ndim == 2: arr = arr[..., None]
-        if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4): raise ValueError(f"image prompt arrays must be (H, W), (H, W, 1|3|4) or (3, H, W); got shape {arr.shape}")
-        if np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all(): raise ValueError("the image prompt contains NaN or infinite values")
-            if arr.min() < 0 or arr.max() > 1: raise ValueError(f"float image prompts must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
-            arr = (arr * 255).round().astype(np.uint8)
-        elif arr.dtype != np.uint8: raise ValueError(f"integer image prompts must be uint8, got {arr.dtype}")
-        if arr.shape[-1] == 4:
-            a = arr[..., 3:].astype(np.float32) / 255
-            arr = (arr[..., :3] * a + 255 * (1 - a)).round().astype(np.uint8)
-        if arr.shape[-1] == 1: arr = arr.repeat(3, -1)
+    arr = image_to_rgb(image) if isinstance(image, Image.Image) else _array_to_rgb(image)   # PIL: EXIF orientation, 16-bit, transparency on white
     if min(arr.shape[:2]) < 8: raise ValueError(f"the image prompt is too small ({arr.shape[1]}x{arr.shape[0]} px); give at least 8x8")
     return pad_to_square(np.ascontiguousarray(arr))[0]
 
@@ -66,6 +70,7 @@ def _quote(text: str, n: int = 60) -> str:
     if len(tail.split()) > 1: tail = tail.split(None, 1)[1]
     return repr(f"{head.strip()} ... {tail.strip()}")
 
+# %% ../nbs/09_sample.ipynb #10cc0ec7
 def find_subject_word(prompt: str, subject: str|None = None) -> str:
     "The subject word as written in `prompt` (checked if given, else found from the keyword vocabulary)."
     if not isinstance(prompt, str) or not prompt.strip(): raise ValueError("the prompt is empty: describe what the subject does, e.g. 'a ball rolls to the left'")
@@ -95,6 +100,7 @@ def cut_prompt(prompt: str, tokenizer=None) -> tuple[str, str]:
     kept = head.rstrip()
     return kept, prompt[len(kept):].strip()
 
+# %% ../nbs/09_sample.ipynb #07ed25f7
 def fit_prompt(prompt: str, subject: str|None = None, tokenizer=None) -> tuple[str, str]:
     "(prompt, subject word) as the text encoder reads them: a long prompt is cut, with one PromptTruncatedWarning naming the dropped words."
     from vb_nb.prompts import default_tokenizer
@@ -129,9 +135,17 @@ def prompt_directions(prompt: str) -> list[str]:
     found = [hits[k] for k in sorted(hits)]
     return [d for i, d in enumerate(found) if i == 0 or d != found[i - 1]]   # 'falls down' is one motion
 
+# %% ../nbs/09_sample.ipynb #7d1e9664
+def _path_offsets(directions, num_frames: int, px_per_frame: float) -> np.ndarray:
+    "(frames, 2) the window's shift from frame 0 in latent pixels (rows, columns): `directions` in equal shares of the frames."
+    from vb_nb.toyworld import motion_segments
+    step = np.zeros((num_frames, 2))
+    for name, a, b in motion_segments(directions, num_frames): step[max(a, 1):b] = STEER_DIRECTIONS[name]
+    return (step.cumsum(0) * px_per_frame).round().astype(int)
+
+# %% ../nbs/09_sample.ipynb #7888b7c4
 def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.75, generator=None) -> torch.Tensor:
     "Starting noise (1, C, F, h, w): a window moving `px_per_frame` latent pixels per frame along `directions` (equal shares of the frames), own noise per frame elsewhere."
-    from vb_nb.toyworld import motion_segments
     if len(shape) != 5: raise ValueError(f"shape must be (batch, channels, frames, height, width), got {tuple(shape)}")
     directions = [directions] if isinstance(directions, str) else list(directions)
     if not directions or any(d not in STEER_DIRECTIONS for d in directions):
@@ -140,9 +154,7 @@ def path_noise(shape, directions, px_per_frame: float = 1.5, window: float = 0.7
     _, _, f, h, w = shape
     noise = torch.randn(tuple(shape), generator=generator)
     field = torch.randn((*shape[:2], h, w), generator=generator)
-    step = np.zeros((f, 2))
-    for name, a, b in motion_segments(directions, f): step[max(a, 1):b] = STEER_DIRECTIONS[name]
-    offset = (step.cumsum(0) * px_per_frame).round().astype(int)                 # (f, 2): the window's shift from frame 0
+    offset = _path_offsets(directions, f, px_per_frame)                          # (f, 2): the window's shift from frame 0
     wh, ww = max(1, round(window * h)), max(1, round(window * w))
     top = np.floor(np.array([(h - wh) / 2, (w - ww) / 2]) - (offset.min(0) + offset.max(0)) / 2 + 0.5).astype(int)   # centres the whole path
     for t, (dy, dx) in enumerate(offset):
@@ -160,6 +172,7 @@ def guidance_branches(text_guidance: float, image_guidance: float, adapter: bool
     if text_guidance == image_guidance: return ('full',) if text_guidance == 1 else ('full', 'none')
     return BRANCHES
 
+# %% ../nbs/09_sample.ipynb #95eb2e7e
 def combine_guidance(e: dict, text_guidance: float, image_guidance: float) -> torch.Tensor:
     "e_none + s_T (e_text - e_none) + s_I (e_full - e_text), from the branches in `e` (as guidance_branches names them)."
     if len(e) == 1: return next(iter(e.values()))                          # guidance off: the conditional prediction itself
@@ -168,7 +181,6 @@ def combine_guidance(e: dict, text_guidance: float, image_guidance: float) -> to
         if text_guidance != image_guidance: raise ValueError(f"without eps(T) the scales must be equal, got text {text_guidance} and image {image_guidance}")
         return e['none'] + text_guidance * (e['full'] - e['none'])
     return e['none'] + text_guidance * (e['text'] - e['none']) + image_guidance * (e['full'] - e['text'])
-
 
 # %% ../nbs/09_sample.ipynb #b84125df
 import threading, types, weakref
@@ -181,6 +193,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from fastcore.basics import patch
 
+# %% ../nbs/09_sample.ipynb #58aadf22
 OUTPUT_TYPES = ('np', 'pil', 'pt', 'latent')
 
 @dataclass
@@ -193,6 +206,7 @@ def as_uint8(frames) -> np.ndarray:
     x = frames.permute(*range(frames.ndim - 3), -2, -1, -3).cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames)
     return (x.astype(np.float32) * 255).round().clip(0, 255).astype(np.uint8)
 
+# %% ../nbs/09_sample.ipynb #b07b2712
 def default_attn_processor(unet):
     "`set_default_attn_processor` of a VideoBooth UNet: diffusers' plain AttnProcessor on every stock layer, while the method's own processors (they hold the adapter's weights, and already run plain scaled-dot-product attention) stay."
     from vb_nb.model import _is_vb_nb
@@ -226,11 +240,12 @@ class VideoBoothPipeline(DiffusionPipeline):
         self.unet.set_default_attn_processor = types.MethodType(default_attn_processor, self.unet)
         self._guidance_scale, self._image_guidance_scale, self._num_timesteps, self._interrupt = 4.0, None, 0, False
 
-    @classmethod
-    def from_model(cls, model, scheduler=None) -> 'VideoBoothPipeline':
-        "The pipeline of a VideoBooth model, with DDIM on its noise schedule unless `scheduler` is given."
-        scheduler = scheduler or DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
-        return cls(model.unet, model.vae, model.text_encoder, model.tokenizer, model.image_encoder, model.feature_extractor, model.adapter, scheduler)
+# %% ../nbs/09_sample.ipynb #8540b85c
+@patch(cls_method=True)
+def from_model(cls: VideoBoothPipeline, model, scheduler=None) -> VideoBoothPipeline:
+    "The pipeline of a VideoBooth model, with DDIM on its noise schedule unless `scheduler` is given."
+    scheduler = scheduler or DDIMScheduler.from_config(model.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    return cls(model.unet, model.vae, model.text_encoder, model.tokenizer, model.image_encoder, model.feature_extractor, model.adapter, scheduler)
 
 # %% ../nbs/09_sample.ipynb #pipe0004
 @patch(as_prop=True)
@@ -241,6 +256,8 @@ def default_size(self: VideoBoothPipeline) -> int: return (self.unet.config.samp
 def guidance_scale(self: VideoBoothPipeline) -> float: return self._guidance_scale
 @patch(as_prop=True)
 def image_guidance_scale(self: VideoBoothPipeline) -> float: return self._guidance_scale if self._image_guidance_scale is None else self._image_guidance_scale
+
+# %% ../nbs/09_sample.ipynb #71ffcf37
 @patch(as_prop=True)
 def num_timesteps(self: VideoBoothPipeline) -> int: return self._num_timesteps
 @patch(as_prop=True)
@@ -269,6 +286,7 @@ def from_pretrained(cls: VideoBoothPipeline, pretrained_model_name_or_path, **kw
     if not given_unet: load_motion_text(pipe.unet, folder/'unet')     # the motion modules' text path its base was trained with, if any
     return checked_pipeline(pipe)               # tokenizer capped at 77 positions, weights finite
 
+# %% ../nbs/09_sample.ipynb #bbb9a082
 @patch
 def save_pretrained(self: VideoBoothPipeline, save_directory, **kwargs) -> Path:
     "Write every component to its folder (safe_serialization=, variant= as in diffusers; the UNet as a stock UNetMotionModel with its motion-text path beside it); `save_directory` is replaced only once complete."
@@ -293,22 +311,29 @@ def set_attention_slice(self: VideoBoothPipeline, slice_size):
 def set_use_memory_efficient_attention_xformers(self: VideoBoothPipeline, valid: bool, attention_op=None):
     raise RuntimeError("xformers would replace vb_nb's attention processors; they already use PyTorch's scaled_dot_product_attention")
 
+# %% ../nbs/09_sample.ipynb #b89c4085
 @patch
-def enable_sequential_cpu_offload(self: VideoBoothPipeline, gpu_id: int|None = None, device=None):
-    "diffusers' sequential offload of the UNet and the VAE, with the adapter's attention weights offloaded inside the UNet, where they run; the mapper and the two (small) CLIP encoders stay on the device, whole (vb_nb reads their device from their weights)."
+def _place_vb_weights(self: VideoBoothPipeline):
+    "After sequential offload: vb_nb's processors are called directly, not through forward, so their own weights are put in place once."
     from accelerate.utils import set_module_tensor_to_device
     from vb_nb.model import _is_vb_nb
-    adapter, exclude = self.adapter, self._exclude_from_cpu_offload
-    self._exclude_from_cpu_offload = [*exclude, 'text_encoder', 'image_encoder']
-    adapter.to = lambda *args, **kw: (adapter.mapper.to(*args, **kw), adapter)[1]    # the excluded adapter: only its mapper moves
-    try: DiffusionPipeline.enable_sequential_cpu_offload(self, gpu_id=gpu_id, device=device)
-    finally: del adapter.to; self._exclude_from_cpu_offload = exclude
-    for m in self.unet.modules():          # vb_nb's processors are called directly, not through forward: their own weights must be in place
+    for m in self.unet.modules():
         proc = getattr(m, 'processor', None) if isinstance(m, Attention) else None
         hook = getattr(proc, '_hf_hook', None)
         if not _is_vb_nb(proc) or hook is None or getattr(hook, 'weights_map', None) is None: continue
         for name, _ in proc.named_parameters(recurse=False): set_module_tensor_to_device(proc, name, self._offload_device, value=hook.weights_map[name])
         del proc._hf_hook; proc.__dict__.pop('forward', None); proc.__dict__.pop('_old_forward', None)   # the hook, which never runs, goes
+
+# %% ../nbs/09_sample.ipynb #fe135542
+@patch
+def enable_sequential_cpu_offload(self: VideoBoothPipeline, gpu_id: int|None = None, device=None):
+    "diffusers' sequential offload of the UNet and the VAE, with the adapter's attention weights offloaded inside the UNet, where they run; the mapper and the two (small) CLIP encoders stay on the device, whole (vb_nb reads their device from their weights)."
+    adapter, exclude = self.adapter, self._exclude_from_cpu_offload
+    self._exclude_from_cpu_offload = [*exclude, 'text_encoder', 'image_encoder']
+    adapter.to = lambda *args, **kw: (adapter.mapper.to(*args, **kw), adapter)[1]    # the excluded adapter: only its mapper moves
+    try: DiffusionPipeline.enable_sequential_cpu_offload(self, gpu_id=gpu_id, device=device)
+    finally: del adapter.to; self._exclude_from_cpu_offload = exclude
+    self._place_vb_weights()
 
 # %% ../nbs/09_sample.ipynb #pipe0007
 @patch
@@ -332,6 +357,7 @@ def check_inputs(self: VideoBoothPipeline, prompt, image, height, width, num_fra
     if adapter and image is None:
         raise ValueError("no image prompt: pass image= (a PIL image, an array, a tensor or a list of them), or adapter=False for the text-to-video base alone")
 
+# %% ../nbs/09_sample.ipynb #695d8407
 @patch
 def prepare_image_prompts(self: VideoBoothPipeline, image, batch_size: int) -> list[np.ndarray]:
     "The image prompts, one per prompt or one for all, as uint8 RGB white squares (`load_image_prompt`): PIL images, arrays (uint8, or float in [0, 1]; HWC or CHW), tensors, paths, or a list of them (a 4-d array or tensor is a list)."
@@ -340,6 +366,7 @@ def prepare_image_prompts(self: VideoBoothPipeline, image, batch_size: int) -> l
     if len(images) not in (1, batch_size): raise ValueError(f"{batch_size} prompts but {len(images)} image prompts: give one, or one per prompt")
     return [load_image_prompt(im) for im in images]
 
+# %% ../nbs/09_sample.ipynb #e43fb8b2
 @patch
 def fit_prompts(self: VideoBoothPipeline, prompt, subject=None, adapter: bool = True) -> tuple[list[str], list[str]]:
     "(prompts, subject words): each prompt cut to what the text encoder reads (`fit_prompt`) and its subject word, named (one, or one per prompt) or found; adapter=False: no subject needed."
@@ -350,20 +377,25 @@ def fit_prompts(self: VideoBoothPipeline, prompt, subject=None, adapter: bool = 
     fitted = [fit_prompt(p, s, self.tokenizer) for p, s in zip(prompts, subjects)]
     return [p for p, _ in fitted], [w for _, w in fitted]
 
+# %% ../nbs/09_sample.ipynb #13981647
+@patch
+def _prompt_embeds(self: VideoBoothPipeline, prompt, image=None, subject=None, adapter: bool = True) -> torch.Tensor:
+    "Each prompt fitted and encoded: with the image prompt's tokens in place of its subject word, or plain with adapter=False."
+    m = self.model
+    prompts, words = self.fit_prompts(prompt, subject, adapter)
+    if not adapter: return m.encode_prompts(prompts, splice=False)[0]
+    images = self.prepare_image_prompts(image, len(prompts))
+    as_tensor = lambda ims: torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2)
+    if len({im.shape for im in images}) == 1: return m.encode_prompts(prompts, words, as_tensor(images), splice=True)[0]
+    return torch.cat([m.encode_prompts([p], [w], as_tensor([im]), splice=True)[0] for p, w, im in zip(prompts, words, images)])
+
 # %% ../nbs/09_sample.ipynb #pipe0010
 @patch
 def encode_prompt(self: VideoBoothPipeline, prompt, image=None, subject=None, device=None, num_videos_per_prompt: int = 1,
                   do_classifier_free_guidance: bool = True, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, adapter: bool = True):
     "(prompt_embeds, negative_prompt_embeds), each (prompts * num_videos_per_prompt, 77, width): the prompt with the image prompt's tokens in place of its subject word (adapter=False: the plain prompt), and the negative prompt (the empty one unless given; None without guidance)."
     m = self.model
-    if prompt_embeds is None:
-        prompts, words = self.fit_prompts(prompt, subject, adapter)
-        if not adapter: prompt_embeds = m.encode_prompts(prompts, splice=False)[0]
-        else:
-            images = self.prepare_image_prompts(image, len(prompts))
-            as_tensor = lambda ims: torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2)
-            if len({im.shape for im in images}) == 1: prompt_embeds = m.encode_prompts(prompts, words, as_tensor(images), splice=True)[0]
-            else: prompt_embeds = torch.cat([m.encode_prompts([p], [w], as_tensor([im]), splice=True)[0] for p, w, im in zip(prompts, words, images)])
+    if prompt_embeds is None: prompt_embeds = self._prompt_embeds(prompt, image, subject, adapter)
     n = len(prompt_embeds)
     if do_classifier_free_guidance and negative_prompt_embeds is None:
         if negative_prompt is None: negative_prompt_embeds = m.uncond_embeds().expand(n, -1, -1)
@@ -386,6 +418,7 @@ def prepare_latents(self: VideoBoothPipeline, batch_size, num_channels_latents, 
     elif tuple(latents.shape) != shape: raise ValueError(f"latents must have shape {shape} for {batch_size} videos of {num_frames} frames of {height}x{width}, got {tuple(latents.shape)}")
     return latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
+# %% ../nbs/09_sample.ipynb #bf8e676b
 @patch
 def steer_latents(self: VideoBoothPipeline, prompts, shape, generator=None) -> torch.Tensor:
     "Starting noise (videos, C, frames, h, w) from `path_noise` along the directions each video's prompt names (one generator, or one per video)."
@@ -396,6 +429,7 @@ def steer_latents(self: VideoBoothPipeline, prompts, shape, generator=None) -> t
         noise.append(path_noise((1, *shape[1:]), directions, generator=generator[i] if isinstance(generator, list) else generator))
     return torch.cat(noise)
 
+# %% ../nbs/09_sample.ipynb #9693238b
 @patch
 def plan_embeds(self: VideoBoothPipeline, plan, subject, image, blend: float = 2.0, adapter: bool = True) -> dict:
     "Per-frame conditions (frames, 77, width) of a PromptPlan of several segments (prompts notebook), by guidance branch."
@@ -405,17 +439,41 @@ def plan_embeds(self: VideoBoothPipeline, plan, subject, image, blend: float = 2
             'text': plan_embeddings(plan, lambda ps: m.encode_prompts(ps, splice=False)[0], blend),
             'none': m.uncond_embeds().expand(plan.num_frames, -1, -1)}
 
-# %% ../nbs/09_sample.ipynb #pipe0016
+# %% ../nbs/09_sample.ipynb #56684adc
 def _unet_text(names, embeds: dict, num_frames: int) -> torch.Tensor:
     "The UNet's text for one step: the branches' conditions stacked in `names` order, per frame (each step passes this same tensor, so its K/V are cached)."
     text = torch.cat([embeds[n] for n in names])
     return text if embeds.get('per_frame') else text.repeat_interleave(num_frames, 0)
 
 @patch
+def _step_prediction(self: VideoBoothPipeline, latents, t, names, text, spliced, rows, image_latents=None, generator=None, attn1='cross', posenc=None):
+    "The UNet's prediction for every branch of one step, in one call; the image stream noised to this step with fresh noise."
+    m, nb = self.model, len(names)
+    x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+    x = x.expand(nb, -1, -1, -1, -1) if latents.shape[0] == 1 else x.repeat(nb, 1, 1, 1, 1)
+    if image_latents is None: return m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc)
+    noise = randn_tensor(image_latents.shape, generator=generator, device=latents.device, dtype=torch.float32).to(image_latents.dtype)
+    noisy = m.noisy_image_latents(image_latents, t[None], noise)
+    noisy = noisy if noisy.shape[0] == 1 else noisy.repeat(nb, 1, 1, 1)
+    return m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy, attn1='inject', posenc=posenc, injected=rows)
+
+# %% ../nbs/09_sample.ipynb #750a56d1
+@patch
+def _step_callback(self: VideoBoothPipeline, callback, i, t, latents, embeds: dict, cond: str, tensor_inputs) -> tuple:
+    "callback(pipe, i, t, tensors) with the tensors it asks for; (latents, whether a text condition changed), what it returned put in place."
+    given = {'latents': latents, 'prompt_embeds': embeds[cond], 'negative_prompt_embeds': embeds.get('none')}
+    out = callback(self, i, t, {k: given[k] for k in tensor_inputs}) or {}
+    changed = False
+    for k, branch in (('prompt_embeds', cond), ('negative_prompt_embeds', 'none')):
+        if out.get(k) is not None and out[k] is not embeds.get(branch): embeds[branch] = out[k]; changed = True
+    return out.get('latents', latents), changed
+
+# %% ../nbs/09_sample.ipynb #pipe0016
+@patch
 def denoise(self: VideoBoothPipeline, latents, names, embeds: dict, image_latents=None, generator=None, attn1='cross', posenc=None, eta=0.0,
             adapter=True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=()):
     "The sampling loop: every guidance branch of a step in one UNet call, combined with the pipeline's scales; callback_on_step_end(pipe, i, t, tensors) after each step may replace the tensors."
-    m, dtype, (b, nb) = self.model, self.unet.dtype, (latents.shape[0], len(names))
+    m, b, nb = self.model, latents.shape[0], len(names)
     rows = torch.tensor([n == 'full' for n in names]).repeat_interleave(b)       # spliced, and injected: the full branch's videos
     spliced, text = rows if adapter else False, _unet_text(names, embeds, latents.shape[2])
     extra = {'eta': eta} if 'eta' in inspect.signature(self.scheduler.step).parameters else {}
@@ -423,22 +481,12 @@ def denoise(self: VideoBoothPipeline, latents, names, embeds: dict, image_latent
     with m.text_kv_cache():
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if self.interrupt: continue
-            x = self.scheduler.scale_model_input(latents, t).to(dtype)
-            x = x.expand(nb, -1, -1, -1, -1) if b == 1 else x.repeat(nb, 1, 1, 1, 1)
-            if image_latents is not None:         # the image stream, noised to this step with fresh noise
-                noise = randn_tensor(image_latents.shape, generator=generator, device=latents.device, dtype=torch.float32).to(image_latents.dtype)
-                noisy = m.noisy_image_latents(image_latents, t[None], noise)
-                noisy = noisy if noisy.shape[0] == 1 else noisy.repeat(nb, 1, 1, 1)
-                e = m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy, attn1='inject', posenc=posenc, injected=rows)
-            else: e = m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc)
+            e = self._step_prediction(latents, t, names, text, spliced, rows, image_latents, generator, attn1, posenc)
             eps = combine_guidance(dict(zip(names, e.float().chunk(nb))), self.guidance_scale, self.image_guidance_scale)
             latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
-            if callback_on_step_end is not None:
-                given = {'latents': latents, 'prompt_embeds': embeds[cond], 'negative_prompt_embeds': embeds.get('none')}
-                out = callback_on_step_end(self, i, t, {k: given[k] for k in callback_on_step_end_tensor_inputs}) or {}
-                latents = out.get('latents', latents)
-                for k, branch in (('prompt_embeds', cond), ('negative_prompt_embeds', 'none')):
-                    if out.get(k) is not None and out[k] is not embeds.get(branch): embeds[branch] = out[k]; text = _unet_text(names, embeds, latents.shape[2])
+            if callback_on_step_end is None: continue
+            latents, changed = self._step_callback(callback_on_step_end, i, t, latents, embeds, cond, callback_on_step_end_tensor_inputs)
+            if changed: text = _unet_text(names, embeds, latents.shape[2])
     return latents
 
 # %% ../nbs/09_sample.ipynb #pipe0017
@@ -468,6 +516,7 @@ def prepare_conditions(self: VideoBoothPipeline, names, prompts, words, images, 
         embeds['text'] = m.encode_prompts(prompts, splice=False)[0].repeat_interleave(nv, 0).to(cond.device)
     return embeds
 
+# %% ../nbs/09_sample.ipynb #50789945
 @patch
 def prepare_image_latents(self: VideoBoothPipeline, images, n_videos: int, height, width, device, own: bool = False) -> torch.Tensor:
     "The image prompts' VAE latents for the image stream: one row for all the videos, or with `own` one row per video (the images repeated as the prompts are)."
@@ -533,6 +582,7 @@ def is_toy_layout(path) -> bool:
     p = Path(path)
     return all((p/part/'config.json').exists() for part in ('vae', 'unet', 'adapter')) and not (p/'text_encoder').exists()
 
+# %% ../nbs/09_sample.ipynb #ad8dd9da
 DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
           'float16': torch.float16, 'fp16': torch.float16}
 
@@ -543,13 +593,28 @@ def as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype.lower().removeprefix('torch.') in DTYPES: return DTYPES[dtype.lower().removeprefix('torch.')]
     raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
 
+# %% ../nbs/09_sample.ipynb #2ccf0798
 def is_pipeline_folder(path) -> bool:
     "Whether `path` is a whole pipeline saved by VideoBoothPipeline.save_pretrained (a model_index.json beside its parts)."
     return (Path(os.path.expanduser(str(path)))/'model_index.json').is_file()
 
+def _build_model(path, motion_adapter, image_encoder, adapter, dtype):
+    "A VideoBooth from a toy-model folder (the embedded one if `path` is None) or a Stable-Diffusion-style folder / hub id."
+    from vb_nb.model import VideoBooth
+    if path is None or is_toy_layout(path):
+        root = toy_model_dir() if path is None else Path(path)
+        for part in ('vae', 'unet', 'adapter'):
+            if not (root/part/'config.json').exists():
+                raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
+                                        "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
+        return VideoBooth.from_toy_parts(root/'vae', root/'unet', Path(adapter) if adapter is not None else root/'adapter', dtype=dtype)
+    adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
+    return VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)
+
+# %% ../nbs/09_sample.ipynb #7c214299
 def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None, device=None, dtype=torch.float32, scheduler=None) -> VideoBoothPipeline:
     "A pipeline: the embedded toy model (path=None), a folder laid out like it (vae/ unet/ adapter/), a pipeline folder (save_pretrained, vb_nb_assemble), or a Stable-Diffusion-style folder / hub id with an AnimateDiff motion_adapter, a CLIP image_encoder and an adapter folder."
-    from vb_nb.model import VideoBooth, _quiet_diffusers
+    from vb_nb.model import _quiet_diffusers
     dtype = as_dtype(dtype)
     check_model_inputs(path, motion_adapter, adapter)             # configs within a real model's bounds, before anything is built
     whole = path is not None and (is_pipeline_folder(path) or is_toy_layout(path))
@@ -560,21 +625,11 @@ def load_model(path=None, motion_adapter=None, image_encoder=None, adapter=None,
         pipe = VideoBoothPipeline.from_pretrained(path, dtype=dtype)
         if adapter is not None: pipe.model.load_adapter(adapter)
         if scheduler is not None: pipe = VideoBoothPipeline.from_model(pipe.model, scheduler)
-    else:
-        if path is None or is_toy_layout(path):
-            root = toy_model_dir() if path is None else Path(path)
-            for part in ('vae', 'unet', 'adapter'):
-                if not (root/part/'config.json').exists():
-                    raise FileNotFoundError(f"the embedded model is incomplete: {root/part} is missing. Reinstall vb_nb, or train it "
-                                            "with the training notebook (nbdev_test --flags slow --path nbs/08_train.ipynb)")
-            model = VideoBooth.from_toy_parts(root/'vae', root/'unet', Path(adapter) if adapter is not None else root/'adapter', dtype=dtype)
-        else:
-            adapter = adapter if adapter is not None else (Path(path)/'videobooth_adapter' if (Path(path)/'videobooth_adapter').exists() else None)
-            model = VideoBooth.from_pretrained(path, motion_adapter, image_encoder, adapter=adapter, dtype=dtype)
-        pipe = VideoBoothPipeline.from_model(model, scheduler)
+    else: pipe = VideoBoothPipeline.from_model(_build_model(path, motion_adapter, image_encoder, adapter, dtype), scheduler)
     checked_pipeline(pipe).model.eval()
     with _quiet_diffusers(): return pipe.to(device or default_device())   # diffusers warns that fp16 cannot run on a CPU: it can, slowly
 
+# %% ../nbs/09_sample.ipynb #4428fa87
 @functools.lru_cache(maxsize=2)
 def _default_pipeline(device: str, dtype: torch.dtype = torch.float32):
     return load_model(device=device, dtype=dtype)
@@ -587,6 +642,7 @@ def check_model_inputs(path=None, motion_adapter=None, adapter=None) -> None:
     if motion_adapter is not None and Path(str(motion_adapter)).is_dir(): check_part(motion_adapter, 'motion_adapter')
     if adapter is not None and Path(str(adapter)).is_dir(): check_part(adapter, 'adapter')
 
+# %% ../nbs/09_sample.ipynb #dd07b5f0
 def checked_pipeline(pipe: VideoBoothPipeline) -> VideoBoothPipeline:
     "`pipe` with its tokenizer capped at CLIP's 77 positions and its weights checked finite (a ValueError naming the part otherwise)."
     from vb_nb.clip import CLIP_MAX_LENGTH
@@ -610,6 +666,7 @@ def check_limits(pipe: VideoBoothPipeline, height, width, seed):
         if v > limit: raise ValueError(f"{name} must be at most {limit} pixels for this model ({MAX_LATENT_SIDE} latent positions), got {v}")
     if seed >= 2**64: raise ValueError(f"seed must be below 2**64 (torch's generators take 64 bits), got {seed}")
 
+# %% ../nbs/09_sample.ipynb #c6a76c18
 def check_device(device) -> torch.device|None:
     "`device` as a torch.device (None: the best available, chosen later); a ValueError if torch does not know it or this machine lacks it."
     if device is None: return None
@@ -638,6 +695,7 @@ def _pipeline(model, device, motion_adapter=None, image_encoder=None, dtype=None
         return pipe
     raise TypeError(f"model must be None (the embedded toy model), a folder, a VideoBooth or a VideoBoothPipeline; got {type(model).__name__}")
 
+# %% ../nbs/09_sample.ipynb #3f8b5b5e
 def check_options(pipe: VideoBoothPipeline, num_frames, height, width, num_inference_steps, guidance_scale, image_guidance_scale, seed):
     "Raise a ValueError naming the first option out of range for this model."
     m = pipe.model
@@ -693,6 +751,7 @@ def example_dir() -> Path:
     import vb_nb
     return Path(vb_nb.__file__).parent/'assets'/'examples'
 
+# %% ../nbs/09_sample.ipynb #bcf06a37
 def render_example(category: str, colour: str, pattern: str, size: int = 64) -> np.ndarray:
     "A toyworld image prompt of one subject: rendered on a plain background, masked, cropped, padded to a white square."
     from vb_nb.toyworld import ClipSpec, render_clip, BACKGROUNDS
@@ -720,8 +779,7 @@ def check_out_path(path) -> Path:
     return p
 
 # %% ../nbs/09_sample.ipynb #759ef547
-def main(argv=None):
-    "Command line: generate a video from an image prompt and a text prompt."
+def _generate_parser():
     import argparse
     ap = argparse.ArgumentParser(prog='vb_nb_generate', description=main.__doc__)
     ap.add_argument('--image', default=None, help=f"image file, or a bundled example: {', '.join(EXAMPLES)} (required unless --no-adapter)")
@@ -743,6 +801,12 @@ def main(argv=None):
     ap.add_argument('--steer', action='store_true', help='steer the subject along the directions the prompt names, through the starting noise')
     ap.add_argument('--refine', default='auto', help="prompt refinement: auto (the director for the toy model), none, director, MODEL@URL, or a model folder")
     ap.add_argument('--device', default=None, help='cpu, cuda, cuda:N or mps (default: the best available)')
+    return ap
+
+# %% ../nbs/09_sample.ipynb #f8088db1
+def main(argv=None):
+    "Command line: generate a video from an image prompt and a text prompt."
+    ap = _generate_parser()
     a = ap.parse_args(argv)
     if a.image is None and not a.no_adapter: ap.error("--image is required (or --no-adapter for the base model alone)")
     try: out, device = check_out_path(a.out), check_device(a.device)          # before any work
@@ -765,6 +829,7 @@ def assemble(out, model=None, motion_adapter=None, image_encoder=None, adapter=N
     pipe = load_model(model, motion_adapter, image_encoder, adapter, device='cpu', dtype=dtype)
     return pipe.save_pretrained(out)
 
+# %% ../nbs/09_sample.ipynb #e41dda01
 def assemble_main(argv=None):
     "Command line: join a Stable Diffusion folder, an AnimateDiff motion adapter, a CLIP vision model and a VideoBooth adapter into one pipeline folder."
     import argparse
