@@ -395,7 +395,8 @@ def evaluate_motion(name: str, seeds=(0, 1, 2), n_prompts: int = 24, frames: int
             per = [float(np.mean([r['motion'] for r in rows if r['seed'] == s and r['kind'] == kind and r['motion'] is not None
                                   and (', then ' in r['motion_name']) == compound] or [np.nan])) for s in seeds]
             res[f'{label}: motion, {group}'] = dict(mean=float(np.nanmean(per)), per_seed=per)
-    with atomic_path(RESULTS/f'{name}.json') as tmp: tmp.write_text(json.dumps(res, indent=1))
+    from vb_nb.core import portable
+    with atomic_path(RESULTS/f'{name}.json') as tmp: tmp.write_text(json.dumps(portable(res), indent=1))   # paths relative to the project
     for k, v in res.items():
         if isinstance(v, dict) and 'mean' in v: print(f"{k}: {v['mean']:.2f}")
     return res
