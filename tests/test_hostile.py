@@ -61,6 +61,22 @@ def test_saved_weights_are_readable_as_configs_are(tmp_path):
     finally: os.umask(mask)
 
 
+
+def test_the_clip_tokenizer_and_toy_clip_follow_the_umask(tmp_path):
+    import gzip
+    from transformers import CLIPModel
+    from vb_nb.clip import CLIP_NUM_MERGES, _save_toy_clip, toy_clip_config, write_clip_tokenizer
+    bpe = tmp_path/'bpe.txt.gz'
+    with gzip.open(bpe, 'wt') as f: f.write('\n'.join(['#version: 0.2', *(f'a{i} b{i}' for i in range(CLIP_NUM_MERGES))]))
+    mask = os.umask(0o027)
+    try:
+        tok = write_clip_tokenizer(bpe, tmp_path/'tokenizer')
+        _save_toy_clip(CLIPModel(toy_clip_config()), tmp_path/'toy_clip', {'step': []})
+    finally: os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for d in (tok, tmp_path/'toy_clip') for p in d.iterdir()}
+    assert len(modes) == 6 and set(modes.values()) == {0o640}, modes
+    assert (tmp_path/'toy_clip').stat().st_mode & 0o777 == 0o750
+
 # ---- image prompts: only the formats an image prompt comes in; never Ghostscript
 
 EPS = b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n'
