@@ -61,6 +61,22 @@ def test_saved_weights_are_readable_as_configs_are(tmp_path):
     finally: os.umask(mask)
 
 
+
+def test_the_clip_tokenizer_and_toy_clip_follow_the_umask(tmp_path):
+    import gzip
+    from transformers import CLIPModel
+    from vb_nb.clip import CLIP_NUM_MERGES, _save_toy_clip, toy_clip_config, write_clip_tokenizer
+    bpe = tmp_path/'bpe.txt.gz'
+    with gzip.open(bpe, 'wt') as f: f.write('\n'.join(['#version: 0.2', *(f'a{i} b{i}' for i in range(CLIP_NUM_MERGES))]))
+    mask = os.umask(0o027)
+    try:
+        tok = write_clip_tokenizer(bpe, tmp_path/'tokenizer')
+        _save_toy_clip(CLIPModel(toy_clip_config()), tmp_path/'toy_clip', {'step': []})
+    finally: os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for d in (tok, tmp_path/'toy_clip') for p in d.iterdir()}
+    assert len(modes) == 6 and set(modes.values()) == {0o640}, modes
+    assert (tmp_path/'toy_clip').stat().st_mode & 0o777 == 0o750
+
 # ---- image prompts: only the formats an image prompt comes in; never Ghostscript
 
 EPS = b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n'
@@ -302,3 +318,55 @@ def test_nan_weights_are_named_at_loading_not_blamed_on_the_guidance(pipeline_fo
     p = _copy_pipeline(pipeline_folder, tmp_path)
     (f,) = (p/'vae').glob('*.safetensors'); w = load_file(str(f)); k = next(iter(w)); w[k] = torch.full_like(w[k], float('nan')); save_file(w, str(f))
     with pytest.raises(ValueError, match="vae has NaN or infinite weights"): load_model(p, device='cpu')
+
+
+# ---- an adapter folder whose config.json and weights do not belong together: the file, the tensor, both shapes and the fix
+
+def _damage_adapter(folder, cfg=None, weights=None):
+    from safetensors.torch import load_file, save_file
+    if cfg:
+        c = json.loads((folder/'config.json').read_text()); cfg(c); (folder/'config.json').write_text(json.dumps(c))
+    if weights:
+        f = folder/'diffusion_pytorch_model.safetensors'; w = load_file(str(f)); weights(w); save_file(w, str(f))
+
+def _first(w, prefix): return next(k for k in w if k.startswith(prefix))
+
+MISFITS = [   # what is changed in the adapter folder, what the error says, whether the adapter alone (before a UNet) can tell
+    ('hidden_dim', dict(cfg=lambda c: c['mapper_config'].update(hidden_dim=100)), ['mapper.cls_mlps.0.0.weight is (', 'makes it (100,', 'config.json', 'do not belong together'], True),
+    ('tokens_per_layer', dict(cfg=lambda c: c['mapper_config'].update(tokens_per_layer=2)), ['mapper.cls_mlps.0.6.weight is (', 'mapper_config of', 'save the adapter again'], True),
+    ('mapper_weight', dict(weights=lambda w: w.update({_first(w, 'mapper.'): torch.zeros(5, 3)})), ['is (5, 3) but the mapper_config', 'config.json'], True),
+    ('attention_weight', dict(weights=lambda w: w.update({_first(w, 'attn1.'): torch.zeros(3, 3)})), ['attn1.', "is (3, 3) but the UNet's attention layers", 'save it again'], False),
+    ('missing_weight', dict(weights=lambda w: w.pop(_first(w, 'text_kv.'))), ['lacks text_kv.', "the UNet's attention layers has"], False),
+    ('extra_weight', dict(weights=lambda w: w.update({'mapper.extra': torch.zeros(2)})), ['holds mapper.extra, which the mapper_config'], True),
+    ('no_layers', dict(cfg=lambda c: c['mapper_config'].pop('layers')), ["mapper_config lacks ['layers']", 'config.json'], True),
+]
+
+@pytest.mark.parametrize('change, says, alone', [m[1:] for m in MISFITS], ids=[m[0] for m in MISFITS])
+def test_an_adapter_whose_config_and_weights_differ_gets_a_clear_error(pipeline_folder, tmp_path, change, says, alone):
+    from vb_nb.model import VideoBoothAdapter
+    from vb_nb.sample import VideoBoothPipeline, load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path); _damage_adapter(p/'adapter', **change)
+    for load in (lambda: VideoBoothPipeline.from_pretrained(p),                 # from_pretrained, then attached to the UNet
+                 lambda: load_model(adapter=p/'adapter', device='cpu')):       # the embedded model's load_adapter
+        with pytest.raises(ValueError) as e: load()
+        assert all(s in str(e.value) for s in [*says, str(p/'adapter')]), str(e.value)
+    if alone:
+        with pytest.raises(ValueError, match=re.escape(says[0])): VideoBoothAdapter.from_pretrained(p/'adapter')
+
+
+def test_a_refused_adapter_leaves_the_model_as_it_was(pipeline_folder, tmp_path):
+    from vb_nb.sample import load_model
+    pipe = load_model(pipeline_folder, device='cpu')
+    before = {k: v.clone() for k, v in pipe.adapter.state_dict().items()}
+    p = _copy_pipeline(pipeline_folder, tmp_path); _damage_adapter(p/'adapter', cfg=lambda c: c['mapper_config'].update(hidden_dim=100))
+    with pytest.raises(ValueError, match='do not belong together'): pipe.model.load_adapter(p/'adapter')
+    after = pipe.adapter.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert pipe.adapter.mapper.config.hidden_dim != 100
+
+
+def test_an_adapter_config_that_leaves_out_fields_with_defaults_loads(pipeline_folder, tmp_path):
+    from vb_nb.sample import load_model
+    p = _copy_pipeline(pipeline_folder, tmp_path); _damage_adapter(p/'adapter', cfg=lambda c: [c.pop(k) for k in ('splice_mode', 'posenc', 'posenc_base')])
+    pipe = load_model(adapter=p/'adapter', device='cpu')            # read the config's defaults, as from_config does; no KeyError
+    assert (pipe.adapter.config.splice_mode, pipe.adapter.config.posenc, pipe.adapter.config.posenc_base) == ('output', True, 10000.0)

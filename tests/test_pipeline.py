@@ -188,6 +188,20 @@ def test_from_pretrained_in_bf16_and_with_a_dtype_dict(saved):
     assert np.abs(sample(mixed) - sample(pipe)).mean() < 8 / 255
 
 
+
+@pytest.mark.parametrize('unet, adapter', [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_a_dtype_dict_gives_the_unet_and_the_adapter_their_own_dtypes(saved, unet, adapter):
+    pipe, folder = saved
+    mixed = VideoBoothPipeline.from_pretrained(folder, torch_dtype={'unet': unet, 'adapter': adapter, 'default': torch.float32})
+    assert (mixed.unet.dtype, mixed.adapter.dtype, mixed.text_encoder.dtype, mixed.image_encoder.dtype, mixed.vae.dtype) == (unet, adapter, *[torch.float32] * 3)
+    assert {p.dtype for p in mixed.adapter.mapper.parameters()} == {adapter}
+    procs = [*mixed.adapter.text_kv.values(), *mixed.adapter.attn1.values()]        # they run inside the UNet's layers: the UNet's dtype
+    assert {p.dtype for m in procs for p in m.parameters()} == {unet}
+    a, b = mixed.adapter.state_dict(), pipe.adapter.state_dict()
+    assert all(torch.equal(a[k].float(), b[k].float().to(a[k].dtype).float()) for k in b)   # each weight cast once, straight to its own dtype
+    frames = sample(mixed)
+    assert frames.shape == (1, 4, 64, 64, 3) and np.abs(frames - sample(pipe)).mean() < 8 / 255
+
 def test_to_dtype_moves_every_part(saved):
     pipe, folder = saved
     again = VideoBoothPipeline.from_pretrained(folder).to(torch.bfloat16)

@@ -56,7 +56,7 @@ def write_clip_tokenizer(bpe_path, out_dir) -> Path:
              'tokenizer_config.json': json.dumps(dict(tokenizer_class='CLIPTokenizer', model_max_length=CLIP_MAX_LENGTH,
                  bos_token='<|startoftext|>', eos_token='<|endoftext|>', pad_token='<|endoftext|>', unk_token='<|endoftext|>'), indent=1)}
     for name, text in files.items():
-        with atomic_path(out_dir/name) as tmp: tmp.write_text(text, encoding='utf-8'); tmp.chmod(0o644)
+        with atomic_path(out_dir/name) as tmp: tmp.write_text(text, encoding='utf-8')     # the umask's permissions, as every file written
     return out_dir
 
 # %% ../nbs/04_clip.ipynb #clbpe003
@@ -224,9 +224,7 @@ def _save_toy_clip(model, out_dir, log):
     from vb_nb.core import atomic_folder
     with atomic_folder(out_dir) as d:
         with _quiet_transformers(): copy.deepcopy(model).half().save_pretrained(d)
-        (d/'train_log.json').write_text(json.dumps(log))
-        d.chmod(0o755)
-        for p in d.iterdir(): p.chmod(0o644)
+        (d/'train_log.json').write_text(json.dumps(log))       # atomic_folder gives the folder and its files the umask's permissions
 
 def _resume_toy_clip(checkpoint, settings: dict, model, opt, sched, rng) -> tuple[int, dict]:
     "Load a checkpoint made with the same `settings` into the model, optimiser, schedule and random states; its (step, log)."

@@ -15,12 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 # %% auto #0
-__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'ADAPTER_WEIGHTS', 'TRAINED_STAGES', 'STAGES', 'NOISE_SCHEDULES',
-           'MOTION_TEXT_FILE', 'PART_BOUNDS', 'MAPPER_BOUNDS', 'build_unet', 'build_vae', 'sd_noise_scheduler',
-           'VideoBoothAdapter', 'images_to_unit', 'VideoBooth', 'protect_processors', 'stock_processors',
+__all__ = ['UNET_CONFIGS', 'LATENT_FACTOR', 'TOY_VAE_CONFIG', 'ADAPTER_WEIGHTS', 'TRAINED_STAGES', 'STAGES', 'PART_BOUNDS',
+           'MAPPER_BOUNDS', 'WEIGHTS_FIX', 'ATTENTION_FIX', 'NOISE_SCHEDULES', 'MOTION_TEXT_FILE', 'build_unet',
+           'build_vae', 'sd_noise_scheduler', 'VideoBoothAdapter', 'images_to_unit', 'VideoBooth', 'check_part',
+           'check_weights', 'check_adapter_weights', 'read_adapter_config', 'protect_processors', 'stock_processors',
            'zero_snr_noise_scheduler', 'saved_noise_scheduler', 'MotionTextContext', 'MotionTextAttnProcessor',
            'motion_attentions', 'motion_text_processors', 'add_text_to_motion_modules', 'save_motion_text', 'save_unet',
-           'load_motion_text', 'load_unet', 'write_tiny_pretrained', 'check_part', 'check_model_folder']
+           'load_motion_text', 'load_unet', 'write_tiny_pretrained', 'check_model_folder']
 
 # %% ../nbs/07_model.ipynb #ebfbe7d0
 UNET_CONFIGS = {
@@ -104,10 +105,12 @@ def attach(self: VideoBoothAdapter, text_kv: dict, attn1: dict):
 @patch
 def attach_loaded(self: VideoBoothAdapter):
     "Load the attention weights from_pretrained kept, now that `attach` gave this adapter its processors (strict: same layers, same shapes)."
-    state = self.__dict__.pop('_unattached', None)
-    if state is None: return self
-    p = next(self.parameters())
-    self.load_state_dict({**{f'mapper.{k}': v for k, v in self.mapper.state_dict().items()}, **{k: v.to(p.device, p.dtype) for k, v in state.items()}}, strict=True)
+    kept = self.__dict__.pop('_unattached', None)
+    if kept is None: return self
+    (weights, state), p = kept, next(self.parameters())
+    state = {**{f'mapper.{k}': v for k, v in self.mapper.state_dict().items()}, **{k: v.to(p.device) for k, v in state.items()}}   # each cast to its own tensor's dtype
+    check_adapter_weights(state, weights, self.mapper, _attention_shapes(self))    # the attention weights fit the UNet's layers
+    self.load_state_dict(state, strict=True)
     return self
 
 # %% ../nbs/07_model.ipynb #adapgrp1
@@ -198,9 +201,10 @@ def splice_mode(self: VideoBooth) -> str: return self.adapter.config.splice_mode
 
 @patch
 def image_tokens(self: VideoBooth, images) -> torch.Tensor:
-    "The mapper's image tokens (batch, m, text width) of image prompts (uint8 or [0, 1] float images)."
-    with torch.no_grad(): hidden = encode_image(self.image_encoder, images, self.feature_extractor)
-    return self.adapter.mapper(hidden)
+    "The mapper's image tokens (batch, m, text width) of image prompts (uint8 or [0, 1] float images); the vision tower's states cast to the mapper's dtype."
+    with torch.no_grad(): hidden = encode_image(self.image_encoder, images, self.feature_extractor).hidden_states
+    dtype = next(self.adapter.mapper.parameters()).dtype
+    return self.adapter.mapper(tuple(h.to(dtype) for h in hidden))
 
 # %% ../nbs/07_model.ipynb #condfn02
 @patch
@@ -269,16 +273,17 @@ def predict_noise(self: VideoBooth, noisy_latents, timesteps, text_embeds, splic
     if text_embeds.shape[0] not in (b, b * f):
         raise ValueError(f"{b} videos of {f} frames but {text_embeds.shape[0]} text conditions: give one per video or one per frame ({b * f})")
     given = torch.as_tensor(timesteps, device=noisy_latents.device).flatten()
-    t = given.expand(b)
+    t, dtype = given.expand(b), self.unet.dtype           # the UNet's inputs in its dtype: the text encoder and the VAE may have others
     ehs = text_embeds.repeat_interleave(f, 0) if text_embeds.shape[0] == b else text_embeds   # UNetMotionModel wants the text per frame
+    noisy_latents, ehs = noisy_latents.to(dtype), ehs.to(dtype)
     with self._options(posenc):
         if attn1 == 'inject':
             if noisy_image_latents is None: raise ValueError("attn1='inject' needs noisy_image_latents (see noisy_image_latents()); or use attn1='cross' / 'stock'")
-            img, ti = noisy_image_latents, t
+            img, ti = noisy_image_latents.to(dtype), t
             if img.shape[0] == 1 and given.numel() == 1: ti = given          # one timestep: one image stream serves every video
             elif img.shape[0] == 1: img = img.expand(b, -1, -1, -1)
             injected = _rows(injected, b, noisy_latents.device)               # checked once, not in every layer
-            with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds(), grad=self.image_stream_grad, rows=injected):
+            with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds().to(dtype), grad=self.image_stream_grad, rows=injected):
                 with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample
         if attn1 not in ('stock', 'cross'): raise ValueError(f"attn1 must be 'stock', 'cross' or 'inject', got {attn1!r}")
         if injected is not None: raise ValueError(f"injected= says which videos get the image: it goes with attn1='inject', not {attn1!r}")
@@ -313,6 +318,74 @@ def device(self: VideoBooth) -> torch.device: return self.unet.device   # Diffus
 @patch(as_prop=True)
 def dtype(self: VideoBooth) -> torch.dtype: return self.unet.dtype
 
+# %% ../nbs/07_model.ipynb #cfgfn002
+from .core import read_config, check_config
+
+_SIZES = dict(in_channels=(1, 64), out_channels=(1, 64), sample_size=(1, 4096, 2), norm_num_groups=(1, 512), layers_per_block=(1, 16, 8))
+PART_BOUNDS = {   # (config file, its bounds, required keys) of each part a model folder may hold
+    'unet': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), cross_attention_dim=(1, 8192, 8), num_attention_heads=(1, 256, 8),
+             attention_head_dim=(1, 1024, 8), motion_num_attention_heads=(1, 256, 8), motion_max_seq_length=(1, 1024), transformer_layers_per_block=(1, 64, 8),
+             motion_layers_per_block=(1, 16, 8), temporal_transformer_layers_per_block=(1, 64, 8)), ('block_out_channels',)),
+    'vae': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), latent_channels=(1, 64), scaling_factor=(1e-6, 1e6)), ('block_out_channels',)),
+    'scheduler': ('scheduler_config.json', dict(num_train_timesteps=(1, 100_000), beta_start=(0, 1), beta_end=(0, 1), steps_offset=(0, 1000)), ()),
+    'feature_extractor': ('preprocessor_config.json', dict(size=(1, 2048), crop_size=(1, 2048), shortest_edge=(1, 2048), rescale_factor=(0, 1),
+                          image_mean=(-10, 10, 4), image_std=(1e-6, 10, 4)), ()),
+    'adapter': ('config.json', dict(posenc_base=(1, 1e9)), ('mapper_config', 'text_kv_layers', 'attn1_layers')),
+    'motion_adapter': ('config.json', dict(block_out_channels=(1, 4096, 8), motion_layers_per_block=(1, 16, 8), motion_num_attention_heads=(1, 256, 8),
+                       motion_max_seq_length=(1, 1024)), ('block_out_channels',)),
+}
+MAPPER_BOUNDS = dict(hidden_dim=(1, 16384), image_dim=(1, 8192), text_dim=(1, 8192), layers=(0, 64, 64), tokens_per_layer=(1, 77))
+
+# %% ../nbs/07_model.ipynb #cfgfn003
+def _as_list(v): return v if isinstance(v, (list, tuple)) else [v]
+
+def check_part(folder, part: str) -> None:
+    "Check the config of one part's folder (a key of PART_BOUNDS) if it has one: a ValueError naming the file and the field when out of bounds."
+    name, bounds, required = PART_BOUNDS[part]
+    f = Path(folder)/name
+    if not f.is_file(): return
+    cfg = read_config(f, bounds, required)
+    if part == 'vae' and not 2 <= len(_as_list(cfg['block_out_channels'])) <= 8:
+        raise ValueError(f"{str(f)!r}: a VAE has 2 to 8 blocks (Stable Diffusion's 4), this one {len(_as_list(cfg['block_out_channels']))}: the file is damaged or crafted")
+    if part == 'adapter': check_config(cfg['mapper_config'], MAPPER_BOUNDS, f"{str(f)!r} mapper_config", ('image_dim', 'text_dim', 'layers'))
+
+# %% ../nbs/07_model.ipynb #wfitfn00
+import inspect
+
+WEIGHTS_FIX = ("the folder's config.json and weights do not belong together: put back the config.json saved with these weights, "
+               "or save the adapter again (VideoBooth.save_adapter, or the pipeline's save_pretrained)")
+ATTENTION_FIX = "the weights were saved for a base model of other widths, or the folder's config.json and weights do not belong together: " \
+                "load the adapter with the base it was trained on, or save it again"
+
+# %% ../nbs/07_model.ipynb #wfitfn01
+def check_weights(state: dict, want: dict, weights_file, made_by: str, fix: str = WEIGHTS_FIX) -> None:
+    "A ValueError naming `weights_file`, the tensor and both shapes when the tensors `state` do not have the shapes `want` (name -> shape) gives: one of another shape, missing or not wanted."
+    where, got, want = repr(str(weights_file)), {k: tuple(v.shape) for k, v in state.items()}, {k: tuple(s) for k, s in want.items()}
+    wrong = [k for k in want if k in got and got[k] != want[k]]
+    if wrong: raise ValueError(f"{where}: {wrong[0]} is {got[wrong[0]]} but {made_by} makes it {want[wrong[0]]}; {fix}")
+    some = lambda ks: ks[0] + (f' (and {len(ks) - 1} more)' if len(ks) > 1 else '')
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    if missing: raise ValueError(f"{where} lacks {some(missing)}, which {made_by} has; {fix}")
+    if extra: raise ValueError(f"{where} holds {some(extra)}, which {made_by} has not; {fix}")
+
+# %% ../nbs/07_model.ipynb #wfitfn02
+def check_adapter_weights(state: dict, weights_file, mapper, attention: dict|None = None) -> None:
+    "check_weights for an adapter's weights file: the mapper's tensors against `mapper` (built from the folder's config.json), the attention tensors against `attention` (name -> shape; None: not attached to a UNet yet)."
+    config = repr(str(Path(weights_file).parent/'config.json'))
+    check_weights({k: v for k, v in state.items() if k.startswith('mapper.')}, {f'mapper.{k}': v.shape for k, v in mapper.state_dict().items()},
+                  weights_file, f"the mapper_config of {config}")
+    if attention is not None:
+        check_weights({k: v for k, v in state.items() if not k.startswith('mapper.')}, attention, weights_file, "the UNet's attention layers", ATTENTION_FIX)
+
+def _attention_shapes(adapter) -> dict: return {k: v.shape for k, v in adapter.state_dict().items() if not k.startswith('mapper.')}
+
+# %% ../nbs/07_model.ipynb #wfitfn03
+def read_adapter_config(folder) -> dict:
+    "An adapter folder's config.json, checked by check_part (a missing or out-of-bounds field named), with the defaults of the fields it may leave out."
+    check_part(folder, 'adapter')
+    init = inspect.signature(VideoBoothAdapter.__init__).parameters.values()
+    return {**{p.name: p.default for p in init if p.default is not inspect.Parameter.empty}, **VideoBoothAdapter.load_config(str(folder))}
+
 # %% ../nbs/07_model.ipynb #quietfn1
 @contextlib.contextmanager
 def _quiet_diffusers():
@@ -344,20 +417,20 @@ def load_adapter(self: VideoBooth, folder):
     folder = Path(folder)
     weights = folder/ADAPTER_WEIGHTS
     if not weights.exists(): raise FileNotFoundError(f"{folder} holds no adapter weights ({weights.name}); save one with VideoBooth.save_adapter")
-    cfg = VideoBoothAdapter.load_config(str(folder))
+    cfg = read_adapter_config(folder)
     for k in ('text_kv_layers', 'attn1_layers'):
         if list(cfg[k]) != list(self.adapter.config[k]):
             raise ValueError(f"the adapter in {folder} was made for another base model: its {k} differ from this UNet's")
     plain = lambda c: json.loads(json.dumps({k: v for k, v in dict(c).items() if not k.startswith('_')}))
-    mapper_cfg = plain(cfg['mapper_config'])
-    if plain(self.adapter.mapper.config) != mapper_cfg:
-        p = next(self.adapter.mapper.parameters())
-        self.adapter.mapper = ImageMapper(**mapper_cfg).to(p.device, p.dtype)
+    mapper_cfg, p = plain(cfg['mapper_config']), next(self.adapter.mapper.parameters())
+    mapper = self.adapter.mapper if plain(self.adapter.mapper.config) == mapper_cfg else ImageMapper(**mapper_cfg).to(p.device, p.dtype)
+    state = load_file(str(weights), device=str(p.device))
+    check_adapter_weights(state, weights, mapper, _attention_shapes(self.adapter))    # before anything of this model changes
+    self.adapter.mapper = mapper
     self.adapter.register_to_config(mapper_config=dict(self.adapter.mapper.config), splice_mode=cfg['splice_mode'], posenc=cfg['posenc'], posenc_base=cfg['posenc_base'],
                                     trained_stage=cfg.get('trained_stage'))     # which attention the sampler uses
     self.ctx.posenc, self.ctx.posenc_base = cfg['posenc'], cfg['posenc_base']
-    p = next(self.adapter.parameters())
-    self.adapter.load_state_dict({k: v.to(p.dtype) for k, v in load_file(str(weights), device=str(p.device)).items()}, strict=True)
+    self.adapter.load_state_dict(state, strict=True)        # each weight in its tensor's dtype: the mapper's, or the UNet's for the attention
     return self
 
 # %% ../nbs/07_model.ipynb #adapfp01
@@ -371,10 +444,11 @@ def from_pretrained(cls: VideoBoothAdapter, pretrained_model_name_or_path, subfo
     found = [p for p in found if p.is_file()]
     if not found:
         raise FileNotFoundError(f"{folder} holds no adapter weights ({ADAPTER_WEIGHTS.replace('.', infix + '.', 1)}); save one with VideoBooth.save_adapter (a local folder)")
-    with _quiet_diffusers(): adapter = cls.from_config(cls.load_config(str(folder)))
+    with _quiet_diffusers(): adapter = cls.from_config(read_adapter_config(folder))     # its fields checked, a missing one named
     state = load_file(str(found[0])) if found[0].suffix == '.safetensors' else load_checkpoint(found[0])   # .bin: tensors only (weights_only)
+    check_adapter_weights(state, found[0], adapter.mapper)        # shapes that do not fit the config: named, not a size mismatch
     adapter.mapper.load_state_dict({k[len('mapper.'):]: v for k, v in state.items() if k.startswith('mapper.')})
-    adapter._unattached = {k: v for k, v in state.items() if not k.startswith('mapper.')}
+    adapter._unattached = found[0], {k: v for k, v in state.items() if not k.startswith('mapper.')}
     dtype = torch_dtype if torch_dtype is not None else kwargs.get('dtype')
     return (adapter.to(dtype) if dtype is not None else adapter).eval()
 
@@ -640,7 +714,7 @@ def from_pretrained(cls: VideoBooth, base, motion_adapter=None, image_encoder=No
     except (OSError, FileNotFoundError): sched = sd_noise_scheduler()
     mapper = None
     if adapter is not None:
-        cfg = VideoBoothAdapter.load_config(str(adapter))
+        cfg = read_adapter_config(adapter)
         mapper = ImageMapper(**{k: v for k, v in cfg['mapper_config'].items() if not k.startswith('_')})
         options = {**dict(splice_mode=cfg['splice_mode'], posenc=cfg['posenc'], posenc_base=cfg['posenc_base']), **options}
     model = cls(unet, vae, text, tokenizer, vision, sched, mapper=mapper, **options).to(dtype)
@@ -669,37 +743,6 @@ def write_tiny_pretrained(folder, seed: int = 0) -> dict[str, Path]:
         motion.save_pretrained(paths['motion_adapter'])
         CLIPVisionModelWithProjection(clip.vision_config).save_pretrained(paths['image_encoder'])
     return paths
-
-# %% ../nbs/07_model.ipynb #cfgfn002
-from .core import read_config, check_config
-
-_SIZES = dict(in_channels=(1, 64), out_channels=(1, 64), sample_size=(1, 4096, 2), norm_num_groups=(1, 512), layers_per_block=(1, 16, 8))
-PART_BOUNDS = {   # (config file, its bounds, required keys) of each part a model folder may hold
-    'unet': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), cross_attention_dim=(1, 8192, 8), num_attention_heads=(1, 256, 8),
-             attention_head_dim=(1, 1024, 8), motion_num_attention_heads=(1, 256, 8), motion_max_seq_length=(1, 1024), transformer_layers_per_block=(1, 64, 8),
-             motion_layers_per_block=(1, 16, 8), temporal_transformer_layers_per_block=(1, 64, 8)), ('block_out_channels',)),
-    'vae': ('config.json', dict(_SIZES, block_out_channels=(1, 4096, 8), latent_channels=(1, 64), scaling_factor=(1e-6, 1e6)), ('block_out_channels',)),
-    'scheduler': ('scheduler_config.json', dict(num_train_timesteps=(1, 100_000), beta_start=(0, 1), beta_end=(0, 1), steps_offset=(0, 1000)), ()),
-    'feature_extractor': ('preprocessor_config.json', dict(size=(1, 2048), crop_size=(1, 2048), shortest_edge=(1, 2048), rescale_factor=(0, 1),
-                          image_mean=(-10, 10, 4), image_std=(1e-6, 10, 4)), ()),
-    'adapter': ('config.json', dict(posenc_base=(1, 1e9)), ('mapper_config', 'text_kv_layers', 'attn1_layers')),
-    'motion_adapter': ('config.json', dict(block_out_channels=(1, 4096, 8), motion_layers_per_block=(1, 16, 8), motion_num_attention_heads=(1, 256, 8),
-                       motion_max_seq_length=(1, 1024)), ('block_out_channels',)),
-}
-MAPPER_BOUNDS = dict(hidden_dim=(1, 16384), image_dim=(1, 8192), text_dim=(1, 8192), layers=(0, 64, 64), tokens_per_layer=(1, 77))
-
-# %% ../nbs/07_model.ipynb #cfgfn003
-def _as_list(v): return v if isinstance(v, (list, tuple)) else [v]
-
-def check_part(folder, part: str) -> None:
-    "Check the config of one part's folder (a key of PART_BOUNDS) if it has one: a ValueError naming the file and the field when out of bounds."
-    name, bounds, required = PART_BOUNDS[part]
-    f = Path(folder)/name
-    if not f.is_file(): return
-    cfg = read_config(f, bounds, required)
-    if part == 'vae' and not 2 <= len(_as_list(cfg['block_out_channels'])) <= 8:
-        raise ValueError(f"{str(f)!r}: a VAE has 2 to 8 blocks (Stable Diffusion's 4), this one {len(_as_list(cfg['block_out_channels']))}: the file is damaged or crafted")
-    if part == 'adapter': check_config(cfg['mapper_config'], MAPPER_BOUNDS, f"{str(f)!r} mapper_config", ('image_dim', 'text_dim', 'layers'))
 
 # %% ../nbs/07_model.ipynb #cfgfn004
 def check_model_folder(path) -> None:

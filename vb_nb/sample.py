@@ -270,7 +270,7 @@ def trained_stage(self: VideoBoothPipeline) -> str:
 # %% ../nbs/09_sample.ipynb #pipe0029
 @patch(cls_method=True)
 def from_pretrained(cls: VideoBoothPipeline, pretrained_model_name_or_path, **kwargs) -> VideoBoothPipeline:
-    "Load a pipeline folder (as save_pretrained writes it) or hub id; torch_dtype= (one dtype, or a dict by component), variant=, use_safetensors= and the rest as in diffusers."
+    "Load a pipeline folder (as save_pretrained writes it) or hub id; torch_dtype= (one dtype, or a dict by component: 'adapter' is the mapper's, its attention weights take the UNet's), variant=, use_safetensors= and the rest as in diffusers."
     from vb_nb.model import _quiet_diffusers, load_motion_text
     folder = Path(os.path.expanduser(str(pretrained_model_name_or_path)))
     if not folder.is_dir():
