@@ -247,6 +247,13 @@ def _toy_clip_batch(tokenizer, frames, specs, rng, batch_size: int, n_clips: int
     ids = tokenizer([make_caption(specs[i], rng) for i in idx], padding='longest', return_tensors='pt').input_ids
     return ids, frames[idx, t]
 
+# %% ../nbs/04_clip.ipynb #cltrain0
+def _toy_clip_checkpoint(path, model, opt, sched, rng, step: int, log: dict):
+    "Write the toy CLIP's training state (weights, optimiser, schedule, both random states, step, log) atomically to `path`."
+    with atomic_path(path) as tmp:
+        torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng.bit_generator.state,
+                        torch_rng=torch.get_rng_state(), step=step, log=log), tmp)
+
 # %% ../nbs/04_clip.ipynb #cltrain1
 def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000, lr: float = 1e-3, seed: int = 0,
                    out_dir=None, checkpoint=None, checkpoint_every: int = 50, progress: bool = True, width: int = 64) -> CLIPModel:
@@ -264,10 +271,7 @@ def train_toy_clip(steps: int = 1800, batch_size: int = 128, n_clips: int = 4000
     settings = dict(steps=steps, batch_size=batch_size, n_clips=n_clips, lr=lr, seed=seed, width=width)
     rng, step, log = np.random.default_rng(seed), 0, dict(step=[], loss=[], **settings)
     if checkpoint.exists(): step, log = _resume_toy_clip(checkpoint, settings, model, opt, sched, rng)
-    def save_checkpoint():
-        with atomic_path(checkpoint) as tmp:
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), rng=rng.bit_generator.state,
-                            torch_rng=torch.get_rng_state(), step=step, log=log), tmp)
+    save_checkpoint = lambda: _toy_clip_checkpoint(checkpoint, model, opt, sched, rng, step, log)   # the step and log of the moment
     frames, specs, _ = toyworld_frames('train', n_clips, seed, progress=progress)
     step_start = None                                  # the random state at the start of an unfinished step
     bar = tqdm(total=steps, initial=step, desc='toy CLIP', disable=not progress)

@@ -33,9 +33,10 @@ __all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_
            'store_frozen_in', 'enable_checkpointing', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage',
            'write_summary', 'hardware', 'ship_toy_model', 'main']
 
-# %% ../nbs/08_train.ipynb #1b02ef6b
-STAGES = ('vae', 'decoder', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')
+# %% ../nbs/08_train.ipynb #stages01
+STAGES = ('vae', 'decoder', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')   # in the order the toy chain trains them
 
+# %% ../nbs/08_train.ipynb #1b02ef6b
 @dataclass
 class TrainConfig:
     "Everything that defines a training run."
