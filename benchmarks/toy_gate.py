@@ -353,8 +353,8 @@ def image_stage_folder(run: str, ckpt: str) -> Path:
             shutil.copyfile(Path(vb_nb.__file__).parent/'assets'/'toy'/'unet'/TEXT_LAYERS_FILE, tmp/TEXT_LAYERS_FILE)
     return out
 
-def train_motion(name: str, run: str, ckpt: str = 'min_30_raw', steps: int = 2400, batch: int = 4, lr: float = 1e-3, n_clips: int = 2000):
-    "Train the motion stage (vb_nb.train, stage 'motion') on a gate run's UNet for `steps` steps, on clips of the run's world."
+def train_motion(name: str, run: str, ckpt: str = 'min_30_raw', steps: int = 2400, batch: int = 4, lr: float = 1e-3, n_clips: int = 2000, motion_text: bool = False):
+    "Train the motion stage (vb_nb.train, stage 'motion') on a gate run's UNet for `steps` steps, on clips of the run's world (motion_text: with a text path in the motion modules)."
     from vb_nb.core import outputs_dir
     from vb_nb.train import TrainConfig, StageInputs, train_stage
     torch.set_num_threads(THREADS)
@@ -362,7 +362,7 @@ def train_motion(name: str, run: str, ckpt: str = 'min_30_raw', steps: int = 240
     flat, factor = WORLDS[world]
     inputs = StageInputs(unet=str(image_stage_folder(run, ckpt)), vae=str(outputs_dir()/'gate'/f'decoder_{world}'), n_clips=n_clips,
                          subject_scale=factor, flat_background=flat)
-    cfg = TrainConfig(stage='motion', max_steps=steps, batch_size=batch, lr=lr, checkpoint_every=200, sample_steps=0, out_dir=str(outputs_dir()/'gate'/name))
+    cfg = TrainConfig(stage='motion', max_steps=steps, batch_size=batch, lr=lr, checkpoint_every=200, sample_steps=0, motion_text=motion_text, out_dir=str(outputs_dir()/'gate'/name))
     train_stage(cfg, inputs)
 
 def evaluate_motion(name: str, seeds=(0, 1, 2), n_prompts: int = 24, frames: int = 8):
@@ -427,12 +427,13 @@ def main(argv=None):
     e = sub.add_parser('eval'); e.add_argument('--name', required=True); e.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     m = sub.add_parser('motion'); m.add_argument('--name', required=True); m.add_argument('--run', required=True); m.add_argument('--ckpt', default='min_30_raw')
     m.add_argument('--steps', type=int, default=2400); m.add_argument('--batch', type=int, default=4); m.add_argument('--clips', type=int, default=2000)
+    m.add_argument('--motion-text', action='store_true', help='a text path in the motion modules trains along')
     em = sub.add_parser('eval-motion'); em.add_argument('--name', required=True)
     a = ap.parse_args(argv)
     if a.cmd == 'train':
         train(a.name, a.world, a.minutes, a.clips, a.per_clip, a.batch, a.lr, save_at=a.save_at, fresh=a.fresh, match=a.match, subject_weight=a.subject_weight, pool=a.pool)
     elif a.cmd == 'decoder': finetune_decoder(a.world, a.steps)
-    elif a.cmd == 'motion': train_motion(a.name, a.run, a.ckpt, a.steps, a.batch, n_clips=a.clips)
+    elif a.cmd == 'motion': train_motion(a.name, a.run, a.ckpt, a.steps, a.batch, n_clips=a.clips, motion_text=a.motion_text)
     elif a.cmd == 'eval-motion': evaluate_motion(a.name)
     else: evaluate(a.name, a.seeds)
 

@@ -64,7 +64,7 @@ class TrainConfig:
     posenc: bool = True               # fine, joint: sine-cosine position code in the cross-frame attention
     sample_steps: int = 10            # denoising steps of the sample video written at each checkpoint (0: none)
     noise_schedule: str = ''          # base: 'sd' or 'zero_snr' (model.NOISE_SCHEDULES); '': a new UNet sd, a given --unet its own. Others: the base's
-    motion_text: bool = False         # base: train the motion modules' text path along (model.add_text_to_motion_modules; the motion_text stage trains a new one alone); a given --unet keeps its own. Others: the base's
+    motion_text: bool = False         # base, motion: train the motion modules' text path along (model.add_text_to_motion_modules; the motion_text stage trains a new one alone); a given --unet keeps its own. Others: the base's
     min_timestep: int = 0             # base, motion_text: draw the training timesteps from [min_timestep, the schedule's last]
     gradient_checkpointing: bool = False   # recompute the UNet's resnets and motion modules (their attention too) in the backward pass: less memory, more time
     num_workers: int = 0              # DataLoader processes that decode the next batches while the model trains (0: the training process decodes)
@@ -859,16 +859,18 @@ def motion_unet(image_unet, seed: int|None = None) -> UNetMotionModel:
     return unet
 
 # %% ../nbs/08_train.ipynb #motfn01b
-def _motion_model(inputs) -> TextToVideo:
-    "The motion stage's model: the image stage's UNet (inputs.unet, default outputs/toy/image/final) made a video UNet, with its text layers and schedule."
+def _motion_model(inputs, motion_text: bool = False) -> TextToVideo:
+    "The motion stage's model: the image stage's UNet (inputs.unet, default outputs/toy/image/final) made a video UNet, with its text layers and schedule; motion_text: a text path in the motion modules trains along."
     from diffusers import AutoencoderKL
     from vb_nb.clip import load_tokenizer, toy_text_encoder, TEXT_LAYERS_FILE
-    from vb_nb.model import saved_noise_scheduler
+    from vb_nb.model import saved_noise_scheduler, add_text_to_motion_modules
     start = _final(inputs.unet, 'image')
     if not (start/'config.json').is_file() or json.loads((start/'config.json').read_text()).get('_class_name') != 'UNet2DConditionModel':
         raise ValueError(f"{start} is not an image stage's UNet (a UNet2DConditionModel folder): give the image stage's final folder as --unet")
     vae = AutoencoderKL.from_pretrained(_final(inputs.vae, 'vae'))
-    return TextToVideo(motion_unet(start), vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
+    unet = motion_unet(start)
+    if motion_text: add_text_to_motion_modules(unet).requires_grad_(True)
+    return TextToVideo(unet, vae, toy_text_encoder(start/TEXT_LAYERS_FILE), load_tokenizer(), saved_noise_scheduler(start)).train()
 
 # %% ../nbs/08_train.ipynb #motfn002
 def draw_videos(model: TextToVideo, prompts, num_frames: int = 8, seed: int = 0, steps: int = 25, guidance: float = 4.0) -> np.ndarray:
@@ -1055,7 +1057,7 @@ def build_stage_model(stage: str, inputs: StageInputs, splice_mode: str = 'outpu
     if stage == 'image':
         if motion_text: raise ValueError("the image stage has no motion modules: drop --motion-text")
         return _image_model(inputs, noise_schedule, pooled_text)
-    if stage == 'motion': return _motion_model(inputs)
+    if stage == 'motion': return _motion_model(inputs, motion_text)
     _check_stage_inputs(stage, inputs, noise_schedule, motion_text)
     if inputs.base:
         model = VideoBooth.from_pretrained(inputs.base, inputs.motion_adapter or None, inputs.image_encoder or None,
