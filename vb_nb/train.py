@@ -12,7 +12,9 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
 from accelerate.utils import broadcast, reduce, extract_model_from_parallel
+from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from fastcore.basics import patch
@@ -71,6 +73,7 @@ class TrainConfig:
     subject_weight: float = 0.0       # image, decoder: the subject's latent cells (pixels) weigh 1 + this in the loss
     snr_gamma: float = 0.0            # image: Min-SNR-gamma weights of the timesteps (0: none)
     pooled_text: bool = True          # image: the caption's pooled state joins the time embedding (SDXL's 'text_time')
+    ema_decay: float = 0.0            # keep a moving average of the trained weights (diffusers' EMAModel, decay min(this, (1+n)/(10+n))): the final weights are the average (0: none)
 
     def __post_init__(self):
         _check_types(self)                # a config.json's "lr": "fast" or NaN: an error naming the field
@@ -109,6 +112,7 @@ def _check_config(cfg: TrainConfig):
     if not (cfg.subject_weight >= 0 and cfg.snr_gamma >= 0): raise ValueError(f"subject_weight and snr_gamma must be >= 0, got {cfg.subject_weight}, {cfg.snr_gamma}")
     if cfg.subject_weight and cfg.stage not in ('image', 'decoder'): raise ValueError(f"subject_weight belongs to the image and decoder stages, not {cfg.stage}")
     if cfg.snr_gamma and cfg.stage != 'image': raise ValueError(f"snr_gamma belongs to the image stage, not {cfg.stage}")
+    if not 0 <= cfg.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1) (0: no average; 0.999 is usual), got {cfg.ema_decay}")
     if cfg.splice_mode not in ('output', 'input'): raise ValueError(f"splice_mode must be output or input, got {cfg.splice_mode!r}")
     for f in ('text_dropout', 'image_dropout', 'appearance_dropout'):
         if not 0 <= getattr(cfg, f) <= 1: raise ValueError(f"{f} must be in [0, 1], got {getattr(cfg, f)}")
@@ -149,8 +153,26 @@ def checkpoints(out_dir) -> list[Path]:
     d = Path(out_dir)/'checkpoints'
     return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d{7}', p.name) and p.is_dir() and (p/'state.json').exists()) if d.is_dir() else []
 
+# %% ../nbs/08_train.ipynb #emafn001
+def _save_ema(folder: Path, names: list, ema) -> None:
+    "The moving average of the trainable weights (names: theirs, in order) into folder/ema.safetensors, with its step count."
+    save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}, str(folder/'ema.safetensors'),
+              metadata={'optimization_step': str(ema.optimization_step)})
+
+def _load_ema(folder: Path, names: list, ema) -> None:
+    "Restore the moving average that _save_ema wrote; a ValueError naming the file if it is missing or does not fit."
+    f = folder/'ema.safetensors'
+    if not f.is_file(): raise ValueError(f"{f} is missing: this run keeps a weight average (ema_decay), so its checkpoints hold one; delete {folder} to resume from the one before")
+    with safe_open(str(f), 'pt') as sf: w, step = {k: sf.get_tensor(k) for k in sf.keys()}, int(sf.metadata()['optimization_step'])
+    if set(w) != set(names) or any(w[n].shape != s.shape for n, s in zip(names, ema.shadow_params)):
+        raise ValueError(f"{f} does not hold this model's trainable weights: delete {folder} to resume from the checkpoint before")
+    with torch.no_grad():
+        for n, s in zip(names, ema.shadow_params): s.copy_(w[n])
+    ema.optimization_step = step
+
+
 # %% ../nbs/08_train.ipynb #ckpsave1
-def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0) -> Path:
+def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0, ema=None) -> Path:
     "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones; NonFiniteLoss, and nothing written, if a weight is NaN or infinite."
     weights = trainable_state(model)
     bad = [n for n, w in weights.items() if not torch.isfinite(w).all()]
@@ -160,6 +182,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: lis
     final, tmp = root/f'step_{step:07d}', root/f'.tmp_step_{step:07d}'
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
     save_file(weights, str(tmp/'trainable.safetensors'))
+    if ema is not None: _save_ema(tmp, list(weights), ema)
     torch.save({'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict()}, tmp/'optimizer.pt')
     (tmp/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
     (tmp/'state.json').write_text(json.dumps({'step': step, 'losses': losses, 'seconds': round(seconds, 1)}))   # written last: marks it complete
@@ -212,7 +235,7 @@ def _load_optimizer(path: Path, optimizer, scheduler) -> None:
         raise ValueError(f"{path/'optimizer.pt'} does not fit this run's optimizer ({type(e).__name__}: {e}): delete {path} to resume from the checkpoint before") from None
 
 # %% ../nbs/08_train.ipynb #ldckpt01
-def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, list]:
+def load_checkpoint(path, model, optimizer=None, scheduler=None, ema=None) -> tuple[int, list]:
     "Restore trainable weights (and optimizer, scheduler) from a checkpoint; return (step, losses). A ValueError naming the file if any part is not what a run writes."
     path = Path(path)
     if not (path/'state.json').exists(): raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.json)")
@@ -221,6 +244,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None) -> tuple[int, l
     except Exception as e: raise ValueError(f"{path/'trainable.safetensors'} is not a readable safetensors file ({e}): delete {path} to resume from the checkpoint before") from None
     _check_weights(path, weights, model)
     if optimizer is not None or scheduler is not None: _load_optimizer(path, optimizer, scheduler)
+    if ema is not None: _load_ema(path, [n for n, p in model.named_parameters() if p.requires_grad], ema)   # in the model's order, as the average holds them
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, w in weights.items(): params[n].copy_(w)
@@ -273,14 +297,14 @@ def _optimizer(cfg: TrainConfig, params: list) -> tuple:
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
 
 # %% ../nbs/08_train.ipynb #fitopts1
-def _resume(cfg: TrainConfig, model, opt, sched, acc: Accelerator, resume: bool) -> tuple[int, list, float]:
+def _resume(cfg: TrainConfig, model, opt, sched, acc: Accelerator, resume: bool, ema=None) -> tuple[int, list, float]:
     "(step, losses, earlier runs' training seconds) of the last checkpoint in cfg.out_dir, loaded into model, opt and sched; (0, [], 0.0) for a fresh start."
     if acc.is_main_process:
         for p in clean_partial_checkpoints(cfg.out_dir): print(f"removed {p}: a checkpoint whose writing was interrupted")
     acc.wait_for_everyone()
     last = checkpoints(cfg.out_dir)
     if not (resume and last): return 0, [], 0.0
-    step, losses = load_checkpoint(last[-1], model, opt, sched)
+    step, losses = load_checkpoint(last[-1], model, opt, sched, ema)
     earlier = json.loads((last[-1]/'state.json').read_text()).get('seconds', 0.0)   # training time of the interrupted runs
     if acc.is_main_process: print(f"resuming from {last[-1]} (step {step})")
     return step, losses, earlier
@@ -327,11 +351,11 @@ def _train_step(cfg: TrainConfig, model, params: list, loss_fn: Callable, batch_
     return acc.gather(total.reshape(1)).mean().item()
 
 # %% ../nbs/08_train.ipynb #fitsave1
-def _save_step(cfg: TrainConfig, model, params: list, opt, sched, losses: list, acc: Accelerator, step: int, seconds: Callable, on_checkpoint: Callable|None):
+def _save_step(cfg: TrainConfig, model, params: list, opt, sched, losses: list, acc: Accelerator, step: int, seconds: Callable, on_checkpoint: Callable|None, ema=None):
     "A checkpoint at `step`: the processes' weights checked to agree, then the main process saves (seconds(): the training time so far) and calls on_checkpoint."
     if acc.num_processes > 1: _check_same_weights(params, acc, step)
     if acc.is_main_process:
-        ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=seconds())
+        ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=seconds(), ema=ema)
         if on_checkpoint is not None:
             with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
     acc.wait_for_everyone()
@@ -345,7 +369,8 @@ def _fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no trainable parameters: select a stage's set first")
     opt, sched = _optimizer(cfg, params)
-    step, losses, earlier = _resume(cfg, model, opt, sched, acc, resume)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    step, losses, earlier = _resume(cfg, model, opt, sched, acc, resume, ema)
     opt, sched = acc.prepare(opt, sched)
     if acc.num_processes > 1: _broadcast_weights(params)
     model.train()
@@ -354,10 +379,12 @@ def _fit(cfg: TrainConfig, model: torch.nn.Module, loss_fn: Callable, batch_fn: 
     while step < cfg.max_steps:
         losses.append(_train_step(cfg, model, params, loss_fn, batch_fn, opt, sched, acc, step))
         step += 1
+        if ema is not None: ema.step(params)
         bar.update(1); bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _save_step(cfg, model, params, opt, sched, losses, acc, step, lambda: earlier + time.time() - start, on_checkpoint)
+            _save_step(cfg, model, params, opt, sched, losses, acc, step, lambda: earlier + time.time() - start, on_checkpoint, ema)
     bar.close()
+    if ema is not None: ema.copy_to(params)          # the run's result is the average
     return losses
 
 # %% ../nbs/08_train.ipynb #runfn001
