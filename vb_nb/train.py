@@ -770,7 +770,7 @@ def build_image_unet(width: int = 64, pooled: bool = True, seed: int|None = 0) -
     extra = dict(addition_embed_type='text_time', addition_time_embed_dim=8, projection_class_embeddings_input_dim=width + 8) if pooled else {}
     return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
                                 down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
-                                cross_attention_dim=width, attention_head_dim=(16, 16), norm_num_groups=8, **extra)
+                                cross_attention_dim=width, attention_head_dim=(8, 16), norm_num_groups=8, **extra)   # heads 4 wide: the fine stage's position code needs a multiple of 4
 
 # %% ../nbs/08_train.ipynb #imgfn05b
 def added_conditions(unet, pooled: torch.Tensor) -> dict:
@@ -1317,12 +1317,12 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 # %% ../nbs/08_train.ipynb #ship0001
-def _ship_parts(dest: Path, base_run: str):
-    "The final toy VAE and the base UNet of outputs/toy/<base_run> into dest as fp16, each with its noise schedule, text layers and motion-text path."
+def _ship_parts(dest: Path, base_run: str, vae_run: str = 'vae'):
+    "The final VAE of outputs/toy/<vae_run> and the base UNet of outputs/toy/<base_run> into dest as fp16, each with its noise schedule, text layers and motion-text path."
     from diffusers import AutoencoderKL, UNetMotionModel
     from vb_nb.clip import TEXT_LAYERS_FILE
     from vb_nb.model import load_motion_text, save_unet
-    for src, part, cls in [(_final('', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
+    for src, part, cls in [(_final(toy_dir(vae_run)/'final', 'vae'), 'vae', AutoencoderKL), (_final(toy_dir(base_run)/'final', 'base'), 'unet', UNetMotionModel)]:
         with atomic_folder(dest/part) as tmp:
             m = cls.from_pretrained(src)
             if part == 'unet': load_motion_text(m, src); save_unet(m.half(), tmp)
@@ -1340,19 +1340,20 @@ def _ship_adapter(dest: Path, fine_run: str):
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
 
 # %% ../nbs/08_train.ipynb #ship0002
-def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = ()) -> Path:
-    "Copy the final toy VAE, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the runs' summaries (base_from: the runs base_run went on from, oldest first)."
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = (),
+                   vae_run: str = 'vae', vae_from: tuple = ()) -> Path:
+    "Copy the final VAE of `outputs/toy/<vae_run>`, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the summaries of every run they came from (vae_from, base_from: the runs each went on from, oldest first; coarse_run: the run fine_run started from)."
     from vb_nb.core import make_portable
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
-    _ship_parts(dest, base_run); _ship_adapter(dest, fine_run)
-    bases = [*base_from, base_run]
-    runs = {'vae': 'vae', 'base': bases[0], **{r: r for r in bases[1:]}, 'coarse': coarse_run, 'fine': fine_run}   # coarse_run: the run fine_run started from
-    logs = {s: json.loads((toy_dir(r)/'summary.json').read_text()) for s, r in runs.items() if (toy_dir(r)/'summary.json').exists()}
+    _ship_parts(dest, base_run, vae_run); _ship_adapter(dest, fine_run)
+    runs = [*vae_from, vae_run, *base_from, base_run, coarse_run, fine_run]
+    logs = {r: json.loads((toy_dir(r)/'summary.json').read_text()) for r in runs if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
     make_portable(dest)                 # no absolute paths in what ships
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
+
 
 # %% ../nbs/08_train.ipynb #988e9bdb
 def _yes_no(s: str) -> bool:
@@ -1373,7 +1374,7 @@ def _train_parser():
     for f in ('max_steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'warmup_steps', 'lr_schedule', 'max_grad_norm', 'mixed_precision',
               'checkpoint_every', 'keep_checkpoints', 'seed', 'num_frames', 'size', 'text_dropout', 'image_dropout', 'mapper_reg', 'appearance_dropout',
               'splice_mode', 'posenc', 'sample_steps', 'noise_schedule', 'motion_text', 'min_timestep', 'gradient_checkpointing', 'num_workers',
-              'subject_weight', 'snr_gamma', 'pooled_text'):
+              'subject_weight', 'snr_gamma', 'pooled_text', 'ema_decay'):
         typ = {'max_steps': int, 'posenc': _yes_no, 'motion_text': _yes_no, 'gradient_checkpointing': _yes_no, 'pooled_text': _yes_no}.get(f, type(getattr(TrainConfig, f)))
         flag = dict(nargs='?', const=True) if f == 'gradient_checkpointing' else {}    # `--gradient-checkpointing` alone means yes
         ap.add_argument('--' + f.replace('_', '-'), dest=f, type=typ, default=None, help=f'(default {getattr(TrainConfig, f)})', **flag)
