@@ -5,8 +5,9 @@ driver take minutes to install. It opens the demo notebook in JupyterLab, runs i
 opens, presses Generate, waits for the video, and writes
 
 - nbs/images/demo.jpg: a picture of the finished app (the demo notebook shows it), under 150 KB;
-- nbs/images/demo.json: the seconds from the click to the video, how often the progress bar moved meanwhile, and the
-  machine's CPU count and load (the time depends on both).
+- benchmarks/results/demo/browser_demo.json: the seconds from the click to the video, the steps and frames the app
+  used, how often the progress bar moved meanwhile, and the machine's CPU count and load (the time depends on both).
+  The demo notebook reads it and checks it against the app's defaults; it holds no date (git keeps when it changed).
 
 Setup (Debian; any Chromium and a Python with Playwright will do, no browser download is needed):
 
@@ -20,7 +21,7 @@ Run from the repository root, naming the project's Python environment (the one w
 The kernel inherits the environment. On a small, busy machine OMP_NUM_THREADS=1 matters: the toy model gains nothing
 from several threads, and their waiting for each other made one video take minutes instead of seconds.
 """
-import argparse, datetime, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def start_lab(venv: Path, folder: Path, port: int) -> subprocess.Popen:
     lab.terminate(); raise RuntimeError("JupyterLab did not answer within 120 s:\n" + (folder/'lab.log').read_text()[-2000:])
 
 
-def run(venv: Path, chromium: str, out: Path, timeout: float):
+def run(venv: Path, chromium: str, out: Path, results: Path, timeout: float):
     from playwright.sync_api import sync_playwright
     from PIL import Image
     folder = Path(tempfile.mkdtemp(prefix='vb_nb_browser_'))
@@ -105,9 +106,9 @@ def run(venv: Path, chromium: str, out: Path, timeout: float):
         chromium_version = subprocess.run([chromium, '--version'], capture_output=True, text=True).stdout.strip()
         result = dict(click_to_video_s=round(seconds, 1), steps=steps, frames=frames, progress_updates=len(widths - {None}),
                       status=status, cpus=os.cpu_count(), omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
-                      load_average=round(os.getloadavg()[0], 1),
-                      date=datetime.date.today().isoformat(), browser=chromium_version)
-        (out/'demo.json').write_text(json.dumps(result, indent=1) + '\n')
+                      load_average=round(os.getloadavg()[0], 1), browser=chromium_version)
+        results.mkdir(parents=True, exist_ok=True)
+        (results/'browser_demo.json').write_text(json.dumps(result, indent=1) + '\n')
         print(json.dumps(result, indent=1)); print(f"wrote {out/'demo.jpg'} ({(out/'demo.jpg').stat().st_size // 1024} KB, {im.size[0]}x{im.size[1]})")
     finally:
         if lab is not None:
@@ -121,8 +122,9 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--venv', type=Path, default=ROOT/'.venv', help='the Python environment with jupyterlab and vb_nb (default: .venv)')
     ap.add_argument('--chromium', default=shutil.which('chromium') or '/usr/bin/chromium')
-    ap.add_argument('--out', type=Path, default=ROOT/'nbs'/'images', help='where demo.jpg and demo.json go')
+    ap.add_argument('--out', type=Path, default=ROOT/'nbs'/'images', help='where the picture demo.jpg goes')
+    ap.add_argument('--results', type=Path, default=ROOT/'benchmarks'/'results'/'demo', help='where browser_demo.json goes')
     ap.add_argument('--timeout', type=float, default=600, help='seconds to wait for the video after the click')
     a = ap.parse_args()
     if not (a.venv/'bin'/'jupyter').exists(): sys.exit(f"{a.venv/'bin'/'jupyter'} not found: name the project's environment with --venv")
-    run(a.venv.resolve(), a.chromium, a.out, a.timeout)
+    run(a.venv.resolve(), a.chromium, a.out, a.results, a.timeout)

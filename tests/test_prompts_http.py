@@ -1,5 +1,10 @@
-"The OpenAI-compatible HTTP backend against a real chat-completions server on 127.0.0.1 (port 0, a thread): slow, broken and failing answers."
-import json, shutil, subprocess, sys, time, warnings
+"""The OpenAI-compatible HTTP backend against a real chat-completions server on 127.0.0.1 (port 0, a thread): slow, broken and failing answers.
+
+These tests hold on a loaded machine: an answer that must come gets LONG seconds, a slow answer never comes in time
+(it waits for an event that is set when the server stops), waits between tries are recorded rather than timed, and a
+time bound is checked with a margin of several times the configured timeout.
+"""
+import json, shutil, subprocess, sys, threading, time, warnings
 
 import pytest
 
@@ -9,17 +14,28 @@ from vb_nb.prompts import (ChatCompletionsBackend, ChatServer, LLMError, PromptF
 CAPTION = "a striped orange star drifts to the left, then rises over green grass"
 SEGMENTS = ["a striped orange star drifts to the left over green grass", "a striped orange star rises over green grass"]
 MSGS = decompose_messages(CAPTION, 'star', 8)
+LONG = 300.0         # seconds for an answer that must come (a starved process still answers within it; a hang still ends)
+SHORT = 0.4          # seconds for a try that must time out: its answer never comes in time, whatever the load
+CLI_TIMEOUT = 1800   # seconds for a command line run in a subprocess (it imports torch; a starved process is slow)
 
 
 class Scripted(ChatServer):
-    "A chat server whose answers follow a script: one entry per request (the last one repeats)."
+    "A chat server whose answers follow a script: one entry per request (the last one repeats). 'slow' answers only once the server stops."
     def __init__(self, script, **kw):
         super().__init__(ToyDirector(), **kw); self.script = list(script)
+        self.release, self.answered = threading.Event(), []          # answered: the numbers of the requests answered so far
+
+    def stop(self):
+        self.release.set(); super().stop()
 
     def respond(self, request):
-        step = self.script[min(len(self.requests) - 1, len(self.script) - 1)]
+        n = len(self.requests) - 1
+        try: return self._respond(self.script[min(n, len(self.script) - 1)], request)
+        finally: self.answered.append(n)
+
+    def _respond(self, step, request):
         if step == 'ok': return super().respond(request)
-        if step == 'slow': time.sleep(1.0); return super().respond(request)
+        if step == 'slow': self.release.wait(LONG); return super().respond(request)
         if step == 'malformed': return 200, b'{"choices": [{"message": {"content": "a red ba'
         if step == 'not-a-completion': return 200, b'{"object": "error", "detail": "overloaded"}'
         if step == 'null-content': return 200, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': None}}]}).encode()
@@ -31,25 +47,36 @@ class Scripted(ChatServer):
 
 
 def backend(srv, **kw):
-    kw = {'timeout': 0.4, 'retries': 1, 'backoff': 0.01, **kw}
+    kw = {'timeout': LONG, 'retries': 1, 'backoff': 0.01, **kw}
     return ChatCompletionsBackend(srv.url, 'toy-llm', **kw)
+
+
+class Tries(ChatCompletionsBackend):
+    "A backend whose tries have their own timeouts (`timeouts`, the last one repeating): a short first try, patient retries."
+    def __init__(self, url, timeouts, **kw):
+        super().__init__(url, 'toy-llm', timeout=timeouts[0], **kw); self.timeouts, self.tries = list(timeouts), 0
+
+    def _read(self, payload):
+        self.timeout = self.timeouts[min(self.tries, len(self.timeouts) - 1)]; self.tries += 1
+        self.client.timeout = self._httpx.Timeout(self.timeout)
+        return super()._read(payload)
 
 
 def test_round_trip_speaks_the_protocol():
     with Scripted(['ok']) as srv:
-        answer = backend(srv, timeout=5, api_key='sk-test').complete(MSGS)
+        answer = backend(srv, api_key='sk-test').complete(MSGS)
         assert json.loads(answer) == SEGMENTS
         req, head = srv.requests[0], srv.headers[0]
         assert req['model'] == 'toy-llm' and req['messages'] == MSGS and req['stream'] is False
         assert req['temperature'] == 0 and req['seed'] == 0 and req['max_tokens'] > 0
         assert head['Authorization'] == 'Bearer sk-test' and head['Content-Type'] == 'application/json'
-        assert decompose(CAPTION, 'star', 8, backend(srv, timeout=5)) == SEGMENTS
+        assert decompose(CAPTION, 'star', 8, backend(srv)) == SEGMENTS
 
 
 def test_base_url_forms():
     with Scripted(['ok']) as srv:
         for url in (srv.url, srv.url + '/', srv.url + '/chat/completions'):
-            assert json.loads(ChatCompletionsBackend(url, 'm', timeout=5).complete(MSGS)) == SEGMENTS
+            assert json.loads(ChatCompletionsBackend(url, 'm', timeout=LONG).complete(MSGS)) == SEGMENTS
     for bad in ('localhost:11434', 'ftp://x/v1', ''):
         with pytest.raises(ValueError, match='http'): ChatCompletionsBackend(bad, 'm')
     with pytest.raises(ValueError, match='model'): ChatCompletionsBackend('http://127.0.0.1:1/v1', '')
@@ -57,17 +84,20 @@ def test_base_url_forms():
 
 def test_slow_answer_times_out_then_the_retry_succeeds():
     with Scripted(['slow', 'ok']) as srv:
-        t0 = time.perf_counter()
-        assert json.loads(backend(srv).complete(MSGS)) == SEGMENTS
-        assert len(srv.requests) == 2 and time.perf_counter() - t0 < 1.0       # did not wait for the slow answer
+        b = Tries(srv.url, [SHORT, LONG], retries=1, backoff=0.01)
+        t0 = time.monotonic()
+        assert json.loads(b.complete(MSGS)) == SEGMENTS
+        took = time.monotonic() - t0
+        assert len(srv.requests) == 2 and srv.answered == [1]                  # the retry answered; the slow answer never came
+        assert took >= SHORT                                                    # the first try waited its timeout
 
 
 def test_always_slow_raises_then_falls_back_with_a_warning():
     with Scripted(['slow']) as srv:
         with pytest.raises(LLMError, match=r'failed 2 time\(s\): no answer within 0.4 s \(x2\)'):
-            backend(srv).complete(MSGS)
+            backend(srv, timeout=SHORT).complete(MSGS)
         with pytest.warns(PromptFallbackWarning, match='no answer within'):
-            plan = plan_prompts(CAPTION, 'star', 8, refine=backend(srv, retries=0))
+            plan = plan_prompts(CAPTION, 'star', 8, refine=backend(srv, timeout=SHORT, retries=0))
         assert plan.prompts == [CAPTION] and plan.source == 'original' and 'no answer within' in plan.fallback
         assert plan.frame_segments == [0] * 8
 
@@ -112,7 +142,7 @@ def test_empty_and_wrapped_answers():
 
 def test_nothing_listening():
     srv = ChatServer(ToyDirector()); url = srv.url; srv.stop()
-    b = ChatCompletionsBackend(url, 'm', timeout=1, retries=1, backoff=0.01)
+    b = ChatCompletionsBackend(url, 'm', timeout=LONG, retries=1, backoff=0.01)
     with pytest.raises(LLMError, match='cannot reach'): b.complete(MSGS)
     with pytest.warns(PromptFallbackWarning, match='cannot reach'):
         assert plan_prompts(CAPTION, 'star', 8, refine=b).prompts == [CAPTION]
@@ -121,10 +151,10 @@ def test_nothing_listening():
 def test_server_rejects_garbage_and_wrong_paths():
     import httpx
     with ChatServer(ToyDirector(), model='toy') as srv:
-        assert httpx.post(srv.url + '/chat/completions', content=b'not json').status_code == 400
-        assert httpx.post(srv.url + '/completions', json={}).status_code == 404
-        assert httpx.post(srv.url + '/chat/completions', json={'messages': 'hi'}).status_code == 500
-        assert httpx.get(srv.url + '/models').json()['data'][0]['id'] == 'toy'
+        assert httpx.post(srv.url + '/chat/completions', content=b'not json', timeout=LONG).status_code == 400
+        assert httpx.post(srv.url + '/completions', json={}, timeout=LONG).status_code == 404
+        assert httpx.post(srv.url + '/chat/completions', json={'messages': 'hi'}, timeout=LONG).status_code == 500
+        assert httpx.get(srv.url + '/models', timeout=LONG).json()['data'][0]['id'] == 'toy'
 
 
 def test_make_backend_spec():
@@ -138,7 +168,7 @@ def test_make_backend_spec():
 def test_command_line_against_the_server():
     with Scripted(['ok']) as srv:
         r = subprocess.run([sys.executable, '-c', 'from vb_nb.prompts import main; main()', '--prompt', CAPTION, '--subject', 'star',
-                            '--frames', '6', '--refine', f'toy@{srv.url}', '--json'], capture_output=True, text=True, timeout=120)
+                            '--frames', '6', '--refine', f'toy@{srv.url}', '--timeout', str(LONG), '--json'], capture_output=True, text=True, timeout=CLI_TIMEOUT)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out['prompts'] == SEGMENTS and out['frame_segments'] == [0, 0, 0, 1, 1, 1] and out['fallback'] is None
@@ -148,7 +178,7 @@ def test_command_line_against_the_server():
 def test_console_script_exits_cleanly():
     exe = shutil.which('vb_nb_prompts')
     if exe is None: pytest.skip('vb_nb_prompts is not installed: pip install -e . --no-deps')
-    r = subprocess.run([exe, '--prompt', CAPTION, '--subject', 'star'], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([exe, '--prompt', CAPTION, '--subject', 'star'], capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert r.returncode == 0 and r.stderr == '', r.stderr
     assert r.stdout.splitlines() == ['director: 2 segment(s) over 8 frames', f'  frames 0-3: {SEGMENTS[0]}', f'  frames 4-7: {SEGMENTS[1]}']
 
@@ -171,7 +201,7 @@ def completion(text: str) -> bytes:
 
 @contextlib.contextmanager
 def hostile(behaviour):
-    "A server on 127.0.0.1 whose handler `behaviour(handler, n)` writes the raw reply to request number n (0, 1, ...)."
+    "A server on 127.0.0.1 whose handler `behaviour(handler, n)` writes the raw reply to request number n (0, 1, ...); `handler.server.closing` is set when it stops."
     hits = []
     class H(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
@@ -181,10 +211,10 @@ def hostile(behaviour):
             try: behaviour(self, len(hits) - 1)
             except (BrokenPipeError, ConnectionResetError): pass
             self.close_connection = True
-    srv = ThreadingHTTPServer(('127.0.0.1', 0), H); srv.daemon_threads = True
+    srv = ThreadingHTTPServer(('127.0.0.1', 0), H); srv.daemon_threads = True; srv.closing = threading.Event()
     t = threading.Thread(target=srv.serve_forever, daemon=True); t.start()
     try: yield f'http://127.0.0.1:{srv.server_address[1]}/v1', hits
-    finally: srv.shutdown(); srv.server_close()
+    finally: srv.closing.set(); srv.shutdown(); srv.server_close()
 
 
 def head(h, status=200, length=None, extra=()):
@@ -194,18 +224,25 @@ def head(h, status=200, length=None, extra=()):
     h.end_headers()
 
 
+DRIP_S = 1.0        # seconds between two bytes of a drip: it sends 73 of the reply's 74 bytes, over 73 s
+
+
 def drip(h, n):
-    "Headers at once, then one byte a second (six at most, so that an old client is bounded too)."
+    "Headers at once, then one byte every DRIP_S seconds, never the whole body; stops when the server does."
     body = completion('a red star'); head(h, length=len(body))
-    for b in body[:6]: h.wfile.write(bytes([b])); h.wfile.flush(); time.sleep(1.0)
+    for b in body[:-1]:
+        h.wfile.write(bytes([b])); h.wfile.flush()
+        if h.server.closing.wait(DRIP_S): return
 
 
 def test_the_timeout_bounds_the_whole_request_not_each_read():
+    timeout = 2.0                                                               # each read comes within DRIP_S; the whole reply never
     with hostile(drip) as (url, hits):
-        b = ChatCompletionsBackend(url, 'm', timeout=2, retries=0)
-        t0 = time.perf_counter()
+        b = ChatCompletionsBackend(url, 'm', timeout=timeout, retries=0)
+        t0 = time.monotonic()
         with pytest.raises(LLMError, match='no answer within 2 s'): b.complete(MSGS)
-        assert time.perf_counter() - t0 < 2.8                                    # not 6 s of drips
+        took = time.monotonic() - t0
+    assert timeout <= took < 15 * timeout < DRIP_S * (len(completion('a red star')) - 1)   # bounded by the timeout, not by 73 s of drips
 
 
 def flood(h, n):
@@ -218,20 +255,20 @@ def flood(h, n):
 
 def test_an_endless_reply_is_cut_at_the_cap_and_not_retried():
     with hostile(flood) as (url, hits):
-        b = ChatCompletionsBackend(url, 'm', timeout=10, retries=2, max_reply_bytes=200_000)
-        t0 = time.perf_counter()
+        b = ChatCompletionsBackend(url, 'm', timeout=LONG, retries=2, max_reply_bytes=200_000)
+        t0 = time.monotonic()
         with pytest.raises(LLMError, match='more than 200000 bytes'): b.complete(MSGS)
-        assert time.perf_counter() - t0 < 3 and len(hits) == 1
+        assert time.monotonic() - t0 < LONG / 2 and len(hits) == 1              # stopped at the cap, long before the timeout; no retry
 
 
 def test_a_huge_valid_reply_is_refused_from_its_length():
     big = completion('a red star ' * 500_000)                                     # 5.5 MB, valid
     with hostile(lambda h, n: (head(h, length=len(big)), h.wfile.write(big))) as (url, hits):
-        with pytest.raises(LLMError, match='more than 1048576 bytes'): ChatCompletionsBackend(url, 'm', timeout=10).complete(MSGS)
+        with pytest.raises(LLMError, match='more than 1048576 bytes'): ChatCompletionsBackend(url, 'm', timeout=LONG).complete(MSGS)
         assert len(hits) == 1
         with warnings.catch_warnings():                                           # a bigger cap reads it
             warnings.simplefilter('error')
-            assert len(ChatCompletionsBackend(url, 'm', timeout=10, max_reply_bytes=10**7).complete(MSGS)) == 5_500_000
+            assert len(ChatCompletionsBackend(url, 'm', timeout=LONG, max_reply_bytes=10**7).complete(MSGS)) == 5_500_000
 
 
 ESCAPES = '\x1b[2J\x1b]0;owned\x07a striped orange star \x1b[31mdrifts to the left\x1b[0m\r over green grass\x9b1A'
@@ -244,30 +281,36 @@ def escaping(h, n):
 
 def test_escape_codes_never_reach_the_terminal():
     with hostile(escaping) as (url, hits):
-        b = ChatCompletionsBackend(url, 'm', timeout=5, retries=0)
+        b = ChatCompletionsBackend(url, 'm', timeout=LONG, retries=0)
         assert refine(CAPTION, 'star', b) == 'a striped orange star drifts to the left over green grass'
         with pytest.warns(PromptFallbackWarning) as w: refine(CAPTION, 'star', b)   # the server's error text, quoted
         assert 'busy' in str(w[0].message) and '\x1b' not in str(w[0].message)
     with hostile(escaping) as (url, hits):                                        # the command line prints the plan
         r = subprocess.run([sys.executable, '-c', 'from vb_nb.prompts import main; main()', '--prompt', CAPTION, '--subject', 'star',
-                            '--refine', f'toy@{url}', '--mode', 'refine'], capture_output=True, text=True, timeout=120)
+                            '--refine', f'toy@{url}', '--timeout', str(LONG), '--mode', 'refine'], capture_output=True, text=True, timeout=CLI_TIMEOUT)
         assert r.returncode == 0, r.stderr
         assert 'a striped orange star drifts to the left over green grass' in r.stdout
         assert not any(c in r.stdout + r.stderr for c in '\x1b\x9b\x07\r')
 
 
-@pytest.mark.parametrize('retry_after', ['-5', 'nan', 'inf', '1e9', 'tomorrow'])
-def test_a_bad_retry_after_is_ignored_or_clamped(retry_after):
+class Clock:
+    "The `time` module for vb_nb.prompts, its sleeps recorded instead of slept: the waits between tries, exactly."
+    def __init__(self): self.waits = []
+    def sleep(self, seconds): self.waits.append(seconds)
+    def __getattr__(self, name): return getattr(time, name)
+
+
+@pytest.mark.parametrize('retry_after, wait', [('-5', 0.05), ('nan', 0.05), ('tomorrow', 0.05), ('inf', 0.05), ('1e9', 0.5), ('2', 0.5)])
+def test_a_bad_retry_after_is_ignored_or_clamped(retry_after, wait, monkeypatch):
     def busy_then_ok(h, n):
         body = completion('a red star') if n else b'{"error": {"message": "slow down"}}'
         head(h, status=200 if n else 429, length=len(body), extra=[('Retry-After', retry_after)]); h.wfile.write(body)
+    clock = Clock(); monkeypatch.setattr(P, 'time', clock)
     with hostile(busy_then_ok) as (url, hits):
-        t0 = time.perf_counter()
-        clamp = dict(max_retry_wait=0.5) if retry_after in ('1e9', 'inf') else {}     # the default wait is at most 30 s
-        b = ChatCompletionsBackend(url, 'm', timeout=5, retries=1, backoff=0.05, **clamp)
+        b = ChatCompletionsBackend(url, 'm', timeout=LONG, retries=1, backoff=0.05, max_retry_wait=0.5)
         assert b.complete(MSGS) == 'a red star' and len(hits) == 2
-        assert time.perf_counter() - t0 < 2
-    assert P._Retry('', '1e9').wait(0.5, 30) == 30
+    assert clock.waits == [wait]                 # the backoff for a wait that is no number of seconds; a sane one clamped to max_retry_wait
+    assert P._Retry('', '1e9').wait(0.5, 30) == 30 and P._Retry('', '2').wait(0.5, 30) == 2
 
 
 def test_an_api_key_over_plain_http_to_another_host_warns():
