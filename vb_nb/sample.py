@@ -17,12 +17,13 @@ from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
 __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES',
-           'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning', 'cut_prompt',
-           'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
+           'EXAMPLE_ASKS', 'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning',
+           'cut_prompt', 'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
            'VideoBoothPipelineOutput', 'as_uint8', 'default_attn_processor', 'model_lock', 'VideoBoothPipeline',
            'decode_frames', 'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder', 'load_model',
            'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options', 'generate',
-           'example_dir', 'render_example', 'example_images', 'check_out_path', 'main', 'assemble', 'assemble_main']
+           'example_dir', 'render_example', 'example_images', 'example_prompt', 'example_verdicts', 'example_grid',
+           'check_out_path', 'main', 'assemble', 'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #40fd5caa
 def _array_to_rgb(image) -> np.ndarray:
@@ -763,6 +764,40 @@ def render_example(category: str, colour: str, pattern: str, size: int = 64) -> 
 def example_images() -> dict[str, Path]:
     "The bundled example image prompts by name."
     return {p.stem: p for p in sorted(example_dir().glob('*.png'))}
+
+# %% ../nbs/09_sample.ipynb #exgrfn01
+EXAMPLE_ASKS = {'green_solid_box': ('right', 'in the sky'), 'red_checkered_star': ('left', 'over green grass'),
+                'orange_dotted_ball': ('up', 'over the sand'), 'yellow_striped_heart': ('down', 'over the water')}   # name -> (motion, place)
+
+def example_prompt(name: str) -> str:
+    "The text prompt of a bundled example: its category, its motion and place in EXAMPLE_ASKS, in toyworld's words."
+    from vb_nb.toyworld import MOTIONS
+    motion, where = EXAMPLE_ASKS[name]
+    return f"a {EXAMPLES[name][0]} {MOTIONS[motion].phrases[0]} {where}"
+
+def example_verdicts(frames, name: str) -> dict:
+    "The benchmark's oracle on a video of a bundled example: its shape (the category in most frames), colour (likewise) and motion, each True or False."
+    from vb_nb.eval import toy_measurements
+    category, colour, _ = EXAMPLES[name]
+    m = toy_measurements(frames, category, colour, EXAMPLE_ASKS[name][0])
+    return {'shape': m['category'] >= 0.5, 'colour': m['appearance'] >= 0.5, 'motion': bool(m['motion'])}
+
+
+# %% ../nbs/09_sample.ipynb #exgrfn02
+def example_grid(seed: int = 0, model=None):
+    "A figure: each bundled example's image prompt, the video of its example_prompt, and the oracle's verdicts."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(len(EXAMPLE_ASKS), 9, figsize=(8.5, 1.25 * len(EXAMPLE_ASKS)))
+    for row, name in zip(axs, EXAMPLE_ASKS):
+        frames = generate(example_images()[name], example_prompt(name), model=model, seed=seed, refine=None, progress=False).frames
+        ok = example_verdicts(frames, name)
+        row[0].imshow(Image.open(example_images()[name])); row[0].set_title('image prompt', fontsize=7)
+        for ax, f in zip(row[1:], frames): ax.imshow(f)
+        row[1].set_title(f'"{example_prompt(name)}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
+        for ax in row: ax.axis('off')
+    fig.tight_layout(pad=0.3)
+    return fig
+
 
 # %% ../nbs/09_sample.ipynb #outcd001
 def check_out_path(path) -> Path:
