@@ -1,4 +1,4 @@
-"""08's chain cell, the one that trains the shipped toy model, run end to end at test size: every stage, the ship, and a video from what it shipped."""
+"""08b's chain cell, the one that trains the image-first model, run end to end at test size: every stage, the ship, and a video from what it shipped."""
 import json, re, shutil
 from pathlib import Path
 
@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def chain_cell() -> str:
-    "The source of 08_train's chain cell (id 'chainrun')."
-    nb = json.loads((ROOT/'nbs'/'08_train.ipynb').read_text())
+    "The source of 08b_cpu_gate's chain cell (id 'chainrun')."
+    nb = json.loads((ROOT/'nbs'/'08b_cpu_gate.ipynb').read_text())
     return ''.join(next(c for c in nb['cells'] if c.get('id') == 'chainrun')['source'])
 
 
@@ -32,8 +32,8 @@ def test_chain_cell_runs_at_test_size(tmp_path, monkeypatch):
     src = re.sub(r"steps = dict\([^)]*\)", "steps = dict(vae=2, decoder=2, image=2, motion=2, coarse=2, fine=2)", chain_cell())
     src = re.sub(r"clips = dict\([^)]*\)", "clips = dict(decoder=4, image=8, clips=8)", src)
     dest = tmp_path/'shipped'
-    assert src.count('ship_toy_model(vae_run=') == 1
-    src = src.replace('ship_toy_model(vae_run=', f'ship_toy_model({str(dest)!r}, vae_run=')     # never over the package's own model
+    assert src.count("ship_toy_model(toy/'image_first', vae_run=") == 1
+    src = src.replace("ship_toy_model(toy/'image_first', vae_run=", f'ship_toy_model({str(dest)!r}, vae_run=')
     torch.manual_seed(0)
     exec(compile(src, 'chain_cell', 'exec'), {'outputs_dir': outputs_dir})
     log = json.loads((dest/'train_log.json').read_text())

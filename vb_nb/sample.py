@@ -795,7 +795,7 @@ def example_grid(seed: int = 0, model=None):
         for ax, f in zip(row[1:], frames): ax.imshow(f)
         row[1].set_title(f'"{example_prompt(name)}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
         for ax in row: ax.axis('off')
-    fig.tight_layout(pad=0.3)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.45)
     return fig
 
 

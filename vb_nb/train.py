@@ -76,8 +76,7 @@ class TrainConfig:
     ema_decay: float = 0.0            # keep a moving average of the trained weights (diffusers' EMAModel, decay min(this, (1+n)/(10+n))): the final weights are the average (0: none)
 
     def __post_init__(self):
-        _check_types(self)                # a config.json's "lr": "fast" or NaN: an error naming the field
-        _check_config(self)
+        _check_types(self); _check_config(self)   # a config.json's "lr": "fast" or NaN: an error naming the field
         if not self.out_dir: self.out_dir = str(outputs_dir()/self.stage)
 
 # %% ../nbs/08_train.ipynb #cfgtyp01
