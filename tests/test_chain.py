@@ -24,7 +24,6 @@ def test_chain_cell_names_every_step():
 def test_chain_cell_runs_at_test_size(tmp_path, monkeypatch):
     import torch
     from vb_nb.clip import TEXT_LAYERS_FILE
-    from vb_nb.core import outputs_dir
     from vb_nb.sample import toy_model_dir, load_model, generate, example_images
     monkeypatch.setenv('VB_NB_OUTPUTS', str(tmp_path/'outputs')); monkeypatch.setenv('VB_NB_DATA', str(tmp_path/'data'))
     layers = tmp_path/'outputs'/'toy'/'text_layers'/TEXT_LAYERS_FILE          # step 1 (minutes of CLIP training) taken as shipped
@@ -35,7 +34,7 @@ def test_chain_cell_runs_at_test_size(tmp_path, monkeypatch):
     assert src.count("ship_toy_model(toy/'image_first', vae_run=") == 1
     src = src.replace("ship_toy_model(toy/'image_first', vae_run=", f'ship_toy_model({str(dest)!r}, vae_run=')
     torch.manual_seed(0)
-    exec(compile(src, 'chain_cell', 'exec'), {'outputs_dir': outputs_dir})
+    exec(compile(src, 'chain_cell', 'exec'), {})
     log = json.loads((dest/'train_log.json').read_text())
     assert list(log) == ['vae', 'decoder', 'image', 'motion', 'coarse', 'fine'] and all(d['steps'] == 2 for d in log.values())
     assert str(tmp_path) not in ''.join(p.read_text() for p in dest.rglob('*.json'))    # shipped without this machine's paths

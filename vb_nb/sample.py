@@ -782,22 +782,22 @@ def example_verdicts(frames, name: str) -> dict:
     m = toy_measurements(frames, category, colour, EXAMPLE_ASKS[name][0])
     return {'shape': m['category'] >= 0.5, 'colour': m['appearance'] >= 0.5, 'motion': bool(m['motion'])}
 
-
 # %% ../nbs/09_sample.ipynb #exgrfn02
 def example_grid(seed: int = 0, model=None):
     "A figure: each bundled example's image prompt, the video of its example_prompt, and the oracle's verdicts."
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(len(EXAMPLE_ASKS), 9, figsize=(8.5, 1.25 * len(EXAMPLE_ASKS)))
+    images = example_images()
     for row, name in zip(axs, EXAMPLE_ASKS):
-        frames = generate(example_images()[name], example_prompt(name), model=model, seed=seed, refine=None, progress=False).frames
+        prompt = example_prompt(name)
+        frames = generate(images[name], prompt, model=model, seed=seed, refine=None, progress=False).frames
         ok = example_verdicts(frames, name)
-        row[0].imshow(Image.open(example_images()[name])); row[0].set_title('image prompt', fontsize=7)
+        row[0].imshow(Image.open(images[name])); row[0].set_title('image prompt', fontsize=7)
         for ax, f in zip(row[1:], frames): ax.imshow(f)
-        row[1].set_title(f'"{example_prompt(name)}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
+        row[1].set_title(f'"{prompt}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
         for ax in row: ax.axis('off')
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.45)
     return fig
-
 
 # %% ../nbs/09_sample.ipynb #outcd001
 def check_out_path(path) -> Path:

@@ -169,7 +169,6 @@ def _load_ema(folder: Path, names: list, ema) -> None:
         for n, s in zip(names, ema.shadow_params): s.copy_(w[n])
     ema.optimization_step = step
 
-
 # %% ../nbs/08_train.ipynb #ckpsave1
 def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, losses: list, cfg: TrainConfig, seconds: float = 0.0, ema=None) -> Path:
     "Write a checkpoint atomically to out_dir/checkpoints/step_NNNNNNN and prune old ones; NonFiniteLoss, and nothing written, if a weight is NaN or infinite."
