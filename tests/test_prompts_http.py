@@ -294,9 +294,10 @@ def test_escape_codes_never_reach_the_terminal():
 
 
 class Clock:
-    "The `time` module for vb_nb.prompts, its sleeps recorded instead of slept: the waits between tries, exactly."
+    """The `time` module for vb_nb.prompts, its sleeps recorded exactly (the waits between tries) and slept for at most 0.05 s:
+    a retry sent at once could reuse the connection the server is closing after its 429."""
     def __init__(self): self.waits = []
-    def sleep(self, seconds): self.waits.append(seconds)
+    def sleep(self, seconds): self.waits.append(seconds); time.sleep(min(seconds, 0.05))
     def __getattr__(self, name): return getattr(time, name)
 
 
