@@ -428,10 +428,17 @@ def _write_results(out_dir: Path, config: dict, rows: list, systems: dict, items
     with atomic_path(out_dir/'results.md') as tmp: tmp.write_text(results_markdown(results))
     return results
 
+# %% ../nbs/10_eval.ipynb #rowsrd01
+def _read_rows(folder) -> list:
+    "The cached rows of a benchmark run's folder (its rows.jsonl)."
+    f = Path(folder)/'rows.jsonl'
+    if not f.is_file(): raise FileNotFoundError(f"no benchmark rows in {str(folder)!r} (no rows.jsonl): name the --out folder of an earlier run")
+    return [json.loads(l) for l in f.read_text().splitlines() if l]
+
 # %% ../nbs/10_eval.ipynb #61da8658
 def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = None, model=None, steps: int = 25,
-                  num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True) -> dict:
-    "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir`."
+                  num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True, rows_from=()) -> dict:
+    "Generate the held-out prompts with every system and seed, measure them, write results.json / results.md to `out_dir` (rows_from: the out_dirs of earlier runs, whose rows are reused where their key matches)."
     from tqdm.auto import tqdm
     systems = systems if systems is not None else default_systems()
     seeds = [int(s) for s in seeds]
@@ -441,7 +448,9 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     items = benchmark_prompts(n_prompts, prompt_seed)
     config = _benchmark_config(n_prompts, seeds, systems, model, steps, num_frames, prompt_seed, scorer)
     rows_path = out_dir/'rows.jsonl'
-    rows = [json.loads(l) for l in rows_path.read_text().splitlines() if l] if rows_path.exists() else []
+    rows = _read_rows(out_dir) if rows_path.exists() else []
+    for other in rows_from:                                    # runs split by system over several processes, merged here
+        seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] not in seen]
     done, pipes = {r['key'] for r in rows}, {}
     todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
     for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
@@ -468,6 +477,7 @@ def _benchmark_parser():
     ap.add_argument('--systems', nargs='+', default=None, help='only these systems (names as in the table)')
     ap.add_argument('--evaluator', default=None, help='CLIP folder for the CLIP metrics (default: the toy evaluator CLIP)')
     ap.add_argument('--out', default=None, help='output folder (default: outputs/benchmark)')
+    ap.add_argument('--rows-from', nargs='+', default=[], help='--out folders of earlier runs (say, one per process, each with its own --systems) whose rows to reuse')
     ap.add_argument('--quick', action='store_true', help='3 prompts, 1 seed, 4 steps')
     return ap
 
@@ -484,7 +494,7 @@ def main(argv=None):
         systems = {k: v for k, v in systems.items() if k in a.systems}
     for name, (source, _) in systems.items():
         if source not in (None, 'real', 'base') and not (Path(source)/'config.json').exists(): ap.error(f"no adapter in {source!r} for {name!r}")
-    try: res = run_benchmark(a.prompts, a.seeds, systems, a.model, a.steps, a.frames, a.evaluator, a.out)
+    try: res = run_benchmark(a.prompts, a.seeds, systems, a.model, a.steps, a.frames, a.evaluator, a.out, rows_from=a.rows_from)
     except (ValueError, FileNotFoundError, OSError) as e: ap.error(str(e))
     out = Path(a.out or outputs_dir()/'benchmark')
     print(results_markdown(res)); print(f"wrote {out/'results.json'} and {out/'results.md'}")
