@@ -350,12 +350,16 @@ def _train_step(cfg: TrainConfig, model, params: list, loss_fn: Callable, batch_
 
 # %% ../nbs/08_train.ipynb #fitsave1
 def _save_step(cfg: TrainConfig, model, params: list, opt, sched, losses: list, acc: Accelerator, step: int, seconds: Callable, on_checkpoint: Callable|None, ema=None):
-    "A checkpoint at `step`: the processes' weights checked to agree, then the main process saves (seconds(): the training time so far) and calls on_checkpoint."
+    "A checkpoint at `step`: the processes' weights checked to agree, then the main process saves (seconds(): the training time so far) and calls on_checkpoint (with the weight average in place, if the run keeps one)."
     if acc.num_processes > 1: _check_same_weights(params, acc, step)
     if acc.is_main_process:
         ck = save_checkpoint(cfg.out_dir, step, model, opt, sched, losses, cfg, seconds=seconds(), ema=ema)
         if on_checkpoint is not None:
-            with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
+            if ema is not None: ema.store(params); ema.copy_to(params)   # the sample shows the average, which the run returns
+            try:
+                with acc.autocast(): on_checkpoint(step, ck)     # frozen weights may be stored in the mixed-precision dtype
+            finally:
+                if ema is not None: ema.restore(params)          # training goes on from its own weights
     acc.wait_for_everyone()
 
 # %% ../nbs/08_train.ipynb #2ca63df7
