@@ -451,6 +451,8 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     rows = _read_rows(out_dir) if rows_path.exists() else []
     for other in rows_from:                                    # runs split by system over several processes, merged here
         seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] not in seen]
+    if rows_from:                                              # the merged rows are this folder's from now on
+        with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
     done, pipes = {r['key'] for r in rows}, {}
     todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
     for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
