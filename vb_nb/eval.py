@@ -435,6 +435,10 @@ def _read_rows(folder) -> list:
     if not f.is_file(): raise FileNotFoundError(f"no benchmark rows in {str(folder)!r} (no rows.jsonl): name the --out folder of an earlier run")
     return [json.loads(l) for l in f.read_text().splitlines() if l]
 
+def _write_rows(folder, rows: list) -> None:
+    "Write a benchmark run's rows to its folder's rows.jsonl, atomically."
+    with atomic_path(Path(folder)/'rows.jsonl') as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
+
 # %% ../nbs/10_eval.ipynb #61da8658
 def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = None, model=None, steps: int = 25,
                   num_frames: int = 8, evaluator=None, out_dir=None, prompt_seed: int = 0, progress: bool = True, rows_from=()) -> dict:
@@ -452,7 +456,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     for other in rows_from:                                    # runs split by system over several processes, merged here
         seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] not in seen]
     if rows_from:                                              # the merged rows are this folder's from now on
-        with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
+        _write_rows(out_dir, rows)
     done, pipes = {r['key'] for r in rows}, {}
     todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
     for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
@@ -460,7 +464,7 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
         if k in done: continue
         frames = _system_frames(name, *systems[name], it, sd, model, pipes, num_frames, steps)
         rows.append(dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer)))
-        with atomic_path(rows_path) as tmp: tmp.write_text(''.join(json.dumps(x) + '\n' for x in rows))
+        _write_rows(out_dir, rows)
     return _write_results(out_dir, config, rows, systems, items, seeds)
 
 # %% ../nbs/10_eval.ipynb #93b1ff57
