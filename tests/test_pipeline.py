@@ -63,7 +63,7 @@ def test_the_call_reads_like_diffusers():
     params = inspect.signature(VideoBoothPipeline.__call__).parameters
     first = ['self', 'prompt', 'image', 'subject', 'negative_prompt', 'num_frames', 'height', 'width', 'num_inference_steps', 'guidance_scale',
              'image_guidance_scale', 'num_videos_per_prompt', 'eta', 'generator', 'latents', 'prompt_embeds', 'negative_prompt_embeds',
-             'output_type', 'return_dict', 'callback_on_step_end', 'callback_on_step_end_tensor_inputs']
+             'output_type', 'return_dict', 'cross_attention_kwargs', 'callback_on_step_end', 'callback_on_step_end_tensor_inputs']
     assert list(params)[:len(first)] == first
     assert all(params[k].default is not inspect.Parameter.empty for k in first[1:])
     assert params['image_guidance_scale'].default is None and params['return_dict'].default is True and params['output_type'].default == 'np'

@@ -252,15 +252,16 @@ def _image_stream_text(image_latents, encoder_hidden_states):
 
 # %% ../nbs/06_attention.ipynb #dc12df1c
 @contextlib.contextmanager
-def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor, grad: bool = False, rows=None):
-    "Run the one-frame image stream once (mode 'record'), then let the UNet calls in the block inject it (mode 'inject') into the videos `rows` says (bool per video; None: all)."
+def image_injection(unet: UNetMotionModel, ctx: InjectionContext, image_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor, grad: bool = False, rows=None,
+                    cross_attention_kwargs=None):
+    "Run the one-frame image stream once (mode 'record'), then let the UNet calls in the block inject it (mode 'inject') into the videos `rows` says (bool per video; None: all); cross_attention_kwargs go to the image stream's UNet call."
     ehs = _image_stream_text(image_latents, encoder_hidden_states)
     previous = ctx.mode
     ctx.store.clear()
     try:
         ctx.mode, ctx.stop_when_recorded = 'record', True
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            try: unet(image_latents[:, :, None], timesteps, ehs)
+            try: unet(image_latents[:, :, None], timesteps, ehs, cross_attention_kwargs=cross_attention_kwargs)
             except _ImageStreamRecorded: pass
         missing = set(ctx.layers) - set(ctx.store)
         if missing: raise RuntimeError(f"the image stream did not reach {sorted(missing)}: were the processors replaced after install?")

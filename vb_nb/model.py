@@ -266,8 +266,8 @@ def _options(self: VideoBooth, posenc):
 # %% ../nbs/07_model.ipynb #predfn02
 @patch
 def predict_noise(self: VideoBooth, noisy_latents, timesteps, text_embeds, spliced=False, noisy_image_latents=None, attn1: str = 'inject',
-                  posenc: bool|None = None, injected=None):
-    "One UNet evaluation: (batch, C, frames, h, w) noise prediction; text (batch, 77, D) or per frame (batch*frames, 77, D); attn1 'stock', 'cross' or 'inject' (needs noisy_image_latents); injected: which videos get the image (bool per video; None: all), the others run as 'cross'."
+                  posenc: bool|None = None, injected=None, cross_attention_kwargs: dict|None = None):
+    "One UNet evaluation: (batch, C, frames, h, w) noise prediction; text (batch, 77, D) or per frame (batch*frames, 77, D); attn1 'stock', 'cross' or 'inject' (needs noisy_image_latents); injected: which videos get the image (bool per video; None: all), the others run as 'cross'; cross_attention_kwargs: diffusers', for every UNet call (the image stream's too)."
     if noisy_latents.ndim != 5: raise ValueError(f"noisy_latents must be (batch, channels, frames, height, width), got {tuple(noisy_latents.shape)}")
     b, f = noisy_latents.shape[0], noisy_latents.shape[2]
     if text_embeds.shape[0] not in (b, b * f):
@@ -283,13 +283,14 @@ def predict_noise(self: VideoBooth, noisy_latents, timesteps, text_embeds, splic
             if img.shape[0] == 1 and given.numel() == 1: ti = given          # one timestep: one image stream serves every video
             elif img.shape[0] == 1: img = img.expand(b, -1, -1, -1)
             injected = _rows(injected, b, noisy_latents.device)               # checked once, not in every layer
-            with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds().to(dtype), grad=self.image_stream_grad, rows=injected):
-                with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample
+            with self.splice_flag(False), image_injection(self.unet, self.ctx, img, ti, self.uncond_embeds().to(dtype), grad=self.image_stream_grad, rows=injected,
+                                 cross_attention_kwargs=cross_attention_kwargs):
+                with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs, cross_attention_kwargs=cross_attention_kwargs).sample
         if attn1 not in ('stock', 'cross'): raise ValueError(f"attn1 must be 'stock', 'cross' or 'inject', got {attn1!r}")
         if injected is not None: raise ValueError(f"injected= says which videos get the image: it goes with attn1='inject', not {attn1!r}")
         previous, self.ctx.mode = self.ctx.mode, attn1
         try:
-            with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs).sample
+            with self.splice_flag(spliced): return self.unet(noisy_latents, t, ehs, cross_attention_kwargs=cross_attention_kwargs).sample
         finally: self.ctx.mode = previous
 
 # %% ../nbs/07_model.ipynb #predfn03

@@ -240,6 +240,7 @@ class VideoBoothPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=model.vae_scale_factor)
         self.unet.set_default_attn_processor = types.MethodType(default_attn_processor, self.unet)
         self._guidance_scale, self._image_guidance_scale, self._num_timesteps, self._interrupt = 4.0, None, 0, False
+        self._cross_attention_kwargs = None
 
 # %% ../nbs/09_sample.ipynb #8540b85c
 @patch(cls_method=True)
@@ -263,6 +264,8 @@ def image_guidance_scale(self: VideoBoothPipeline) -> float: return self._guidan
 def num_timesteps(self: VideoBoothPipeline) -> int: return self._num_timesteps
 @patch(as_prop=True)
 def interrupt(self: VideoBoothPipeline) -> bool: return self._interrupt
+@patch(as_prop=True)
+def cross_attention_kwargs(self: VideoBoothPipeline) -> dict|None: return self._cross_attention_kwargs
 @patch(as_prop=True)
 def trained_stage(self: VideoBoothPipeline) -> str:
     "'coarse' if the adapter was trained only through the coarse stage, else 'fine'."
@@ -452,11 +455,12 @@ def _step_prediction(self: VideoBoothPipeline, latents, t, names, text, spliced,
     m, nb = self.model, len(names)
     x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
     x = x.expand(nb, -1, -1, -1, -1) if latents.shape[0] == 1 else x.repeat(nb, 1, 1, 1, 1)
-    if image_latents is None: return m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc)
+    if image_latents is None: return m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc, cross_attention_kwargs=self.cross_attention_kwargs)
     noise = randn_tensor(image_latents.shape, generator=generator, device=latents.device, dtype=torch.float32).to(image_latents.dtype)
     noisy = m.noisy_image_latents(image_latents, t[None], noise)
     noisy = noisy if noisy.shape[0] == 1 else noisy.repeat(nb, 1, 1, 1)
-    return m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy, attn1='inject', posenc=posenc, injected=rows)
+    return m.predict_noise(x, t, text, spliced, noisy_image_latents=noisy, attn1='inject', posenc=posenc, injected=rows,
+                          cross_attention_kwargs=self.cross_attention_kwargs)
 
 # %% ../nbs/09_sample.ipynb #750a56d1
 @patch
@@ -529,7 +533,7 @@ def prepare_image_latents(self: VideoBoothPipeline, images, n_videos: int, heigh
 def __call__(self: VideoBoothPipeline, prompt=None, image=None, subject=None, negative_prompt=None, num_frames: int = 8, height: int|None = None,
              width: int|None = None, num_inference_steps: int = 25, guidance_scale: float = 4.0, image_guidance_scale: float|None = None,
              num_videos_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
-             output_type: str = 'np', return_dict: bool = True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=['latents'],
+             output_type: str = 'np', return_dict: bool = True, cross_attention_kwargs=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=['latents'],
              injection: bool = True, posenc: bool|None = None, adapter: bool = True, steer: bool = False, plan=None, blend: float = 2.0):
     "Videos of `prompt` (one or a list) whose subject looks like `image` (one, or one per prompt); the sampling notebook explains every argument. A VideoBoothPipelineOutput, or the tuple (frames,) with return_dict=False."
     if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)): callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -539,6 +543,7 @@ def __call__(self: VideoBoothPipeline, prompt=None, image=None, subject=None, ne
     if steer and (latents is not None or prompt is None): raise ValueError("steer=True draws the starting noise from the prompt's directions: give the prompt, and no latents")
     with model_lock(self.model), torch.no_grad():
         self._guidance_scale, self._image_guidance_scale, self._interrupt = guidance_scale, image_guidance_scale, False
+        self._cross_attention_kwargs = cross_attention_kwargs        # diffusers': every UNet call gets them (a PEFT LoRA's 'scale', processors' options)
         m, dev, nv = self.model, self._execution_device, num_videos_per_prompt
         names = guidance_branches(self.guidance_scale, self.image_guidance_scale, adapter)     # every branch in one UNet call per step
         if plan is not None and plan.num_segments == 1: prompt, plan = plan.prompts[0], None
