@@ -47,6 +47,6 @@ def test_ip_adapter_peer_is_wired_in_and_timed():
     # timed with the others, and reported per step and per video
     res = mod.bench('toy', argparse.Namespace(steps=2, reps=1), pipes)
     assert len(res['seconds']['ip_adapter']['video']) == 1 and res['seconds']['ip_adapter']['step'][0] > 0
-    assert set(res['ratios']) == {'vb_default', 'vb_one', 'ip_adapter'} and set(res['ratios']['ip_adapter']) == {'step', 'video'}
+    assert set(res['ratios']) == {'vb_default', 'vb_three', 'ip_adapter'} and set(res['ratios']['ip_adapter']) == {'step', 'video'}
     md = mod.markdown([res], dict(device='CPU', torch='', diffusers='', threads=1, command='test'))
     assert '| ip_adapter |' in md

@@ -26,8 +26,8 @@ def test_cached_step_is_the_base_step(script):
     torch.manual_seed(0); want = base(dict(pixel_values=pixels, caption=captions), 0.0)
     torch.manual_seed(0); got = cached(torch.arange(3))
     assert abs(got.item() - want.item()) < 2e-3 * want.item(), (got.item(), want.item())   # the cache holds fp16
-    torch.manual_seed(1); other = cached(torch.arange(3))
-    assert abs(other.item() - want.item()) > 2e-3 * want.item()         # and the check can tell two draws apart
+    others = [(torch.manual_seed(s), cached(torch.arange(3)))[1].item() for s in range(1, 6)]
+    assert max(abs(o - want.item()) for o in others) > 2e-3 * want.item()   # and the check can tell other draws apart
 
 
 def test_short_run_writes_a_base_and_resumes(script, tmp_path, monkeypatch, capsys):

@@ -71,7 +71,7 @@ def _make_settings(self: Demo, max_frames: int):
     "The sliders: the arguments of `generate` a user may change."
     self.steps = W.IntSlider(value=25, min=2, max=100, description='steps')
     self.text_guidance = W.FloatSlider(value=4.0, min=0, max=12, step=0.5, description='text guid.')
-    self.image_guidance = W.FloatSlider(value=2.0, min=0, max=12, step=0.5, description='image guid.')
+    self.image_guidance = W.FloatSlider(value=4.0, min=0, max=12, step=0.5, description='image guid.')   # equal to the text's: one scale, two branches
     self.frames = W.IntSlider(value=8, min=1, max=max_frames, description='frames')
     self.seed = W.IntText(value=0, description='seed')
     self.steer = W.Checkbox(value=False, description='steer the path', indent=False,

@@ -312,7 +312,7 @@ def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coars
          'base / appearance in text': ('base', dict(adapter=False, text='description')),
          'coarse only': (str(coarse) if coarse else None, dict(injection=False)),   # the stage-1 adapter if given, else the full one without injection
          'full': (None, {}),
-         'full / one scale': (None, dict(image_guidance_scale=None)),   # VideoBooth's guidance: one scale, two branches
+         'full / two scales': (None, dict(image_guidance_scale=2.0)),   # text 4, image 2: three branches (full: one scale, VideoBooth's)
          'no posenc': (None, dict(posenc=False)),
          'full + refine': (None, dict(refine='director'))}
     if joint: s['joint'] = (str(joint), {})

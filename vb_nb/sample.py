@@ -719,10 +719,10 @@ def check_options(pipe: VideoBoothPipeline, num_frames, height, width, num_infer
 
 # %% ../nbs/09_sample.ipynb #pipe0025
 def generate(image, prompt: str, subject: str|None = None, model=None, num_frames: int = 8, height: int = 64, width: int = 64,
-             num_inference_steps: int = 25, guidance_scale: float = 4.0, image_guidance_scale: float|None = 2.0, seed: int = 0, injection: bool = True,
+             num_inference_steps: int = 25, guidance_scale: float = 4.0, image_guidance_scale: float|None = None, seed: int = 0, injection: bool = True,
              posenc: bool|None = None, scheduler=None, refine='auto', device=None, progress: bool = True, fps: float = 8, callback_on_step_end=None,
              adapter: bool = True, steer: bool = False, motion_adapter=None, image_encoder=None, dtype=None, output_type: str = 'video'):
-    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; guidance_scale for the text, image_guidance_scale for the image (None: guidance_scale for both, two branches); adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise); motion_adapter, image_encoder: the AnimateDiff and CLIP vision folders (or hub ids) that go with a Stable-Diffusion-style `model`; dtype: 'bf16', 'fp16' or 'fp32'; output_type 'video' (a Video) or the pipeline's ('np', 'pil', 'pt', 'latent': its batched frames)."
+    "A video of `prompt` whose subject looks like `image`: the embedded toy model unless `model` names another; guidance_scale for the text and, unless image_guidance_scale gives the image its own (three branches), for the image too (two branches); adapter=False: the base alone, no image; steer: the subject's path from the starting noise (see path_noise); motion_adapter, image_encoder: the AnimateDiff and CLIP vision folders (or hub ids) that go with a Stable-Diffusion-style `model`; dtype: 'bf16', 'fp16' or 'fp32'; output_type 'video' (a Video) or the pipeline's ('np', 'pil', 'pt', 'latent': its batched frames)."
     from vb_nb.prompts import plan_prompts
     if output_type not in ('video', *OUTPUT_TYPES): raise ValueError(f"output_type must be 'video' or one of {OUTPUT_TYPES}, got {output_type!r}")
     pipe = _pipeline(model, check_device(device), motion_adapter, image_encoder, dtype)
@@ -833,8 +833,8 @@ def _generate_parser():
     ap.add_argument('--dtype', default='float32', choices=sorted(DTYPES), help='weights and UNet dtype (bf16 halves the memory on a GPU)')
     ap.add_argument('--num-frames', type=int, default=8); ap.add_argument('--height', type=int, default=64); ap.add_argument('--width', type=int, default=64)
     ap.add_argument('--num-inference-steps', type=int, default=25); ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--guidance-scale', type=float, default=4.0, help='the text guidance scale')
-    ap.add_argument('--image-guidance-scale', type=float, default=2.0, help='the image guidance scale (equal to --guidance-scale: two branches, cheaper)')
+    ap.add_argument('--guidance-scale', type=float, default=4.0, help='the guidance scale: the text and, unless --image-guidance-scale, the image')
+    ap.add_argument('--image-guidance-scale', type=float, default=None, help='a guidance scale of its own for the image (three branches; default: --guidance-scale for both, two branches)')
     ap.add_argument('--no-injection', action='store_true', help='coarse embeddings only: no image injection into attention')
     ap.add_argument('--no-posenc', action='store_true', help='switch the position encoding off')
     ap.add_argument('--no-adapter', action='store_true', help='the text-to-video base alone: no image prompt, no VideoBooth weights')

@@ -23,7 +23,7 @@ from .core import seed_everything, outputs_dir, data_dir, atomic_folder, atomic_
 
 # %% auto #0
 __all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_FRAMES', 'SAMPLE_PROMPT', 'IMAGE_SAMPLE_PROMPTS',
-           'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint',
+           'CHAIN_TIMES', 'TrainConfig', 'step_seed', 'lr_factor', 'trainable_state', 'checkpoints', 'save_checkpoint',
            'clean_partial_checkpoints', 'load_checkpoint', 'NonFiniteLoss', 'make_accelerator', 'autocast_dtype',
            'average_gradients', 'RunFolderError', 'run_record', 'check_run_folder', 'run_folder', 'fit',
            'toy_training_data', 'random_batch', 'Batches', 'vae_loss', 'set_latent_scale', 'video_latents',
@@ -1319,6 +1319,8 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 # %% ../nbs/08_train.ipynb #ship0001
+CHAIN_TIMES = 'chain_times.json'   # the shipped chain's wall-clock seconds by part
+
 def _ship_parts(dest: Path, base_run: str, vae_run: str = 'vae'):
     "The final VAE of outputs/toy/<vae_run> and the base UNet of outputs/toy/<base_run> into dest as fp16, each with its noise schedule, text layers and motion-text path."
     from diffusers import AutoencoderKL, UNetMotionModel
@@ -1342,9 +1344,9 @@ def _ship_adapter(dest: Path, fine_run: str):
         save_file({k: v.half() for k, v in w.items()}, str(tmp/'diffusion_pytorch_model.safetensors'))
 
 # %% ../nbs/08_train.ipynb #ship0002
-def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'base', base_from: tuple = (),
-                   vae_run: str = 'vae', vae_from: tuple = ()) -> Path:
-    "Copy the final VAE of `outputs/toy/<vae_run>`, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the summaries of every run they came from (vae_from, base_from: the runs each went on from, oldest first; coarse_run: the run fine_run started from)."
+def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine', base_run: str = 'path', base_from: tuple = ('image', 'motion'),
+                   vae_run: str = 'decoder', vae_from: tuple = ('vae',), times: dict|None = None) -> Path:
+    "Copy the final VAE of `outputs/toy/<vae_run>`, the base UNet of `outputs/toy/<base_run>` (with its text layers and motion-text path) and the fine adapter of `outputs/toy/<fine_run>` into the package as fp16, with the summaries of every run they came from (vae_from, base_from: the runs each went on from, oldest first; coarse_run: the run fine_run started from) and `times`, the chain's wall-clock seconds by part."
     from vb_nb.core import make_portable
     from vb_nb.sample import toy_model_dir
     dest = Path(dest or toy_model_dir())
@@ -1352,6 +1354,9 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     runs = [*vae_from, vae_run, *base_from, base_run, coarse_run, fine_run]
     logs = {r: json.loads((toy_dir(r)/'summary.json').read_text()) for r in runs if (toy_dir(r)/'summary.json').exists()}
     with atomic_path(dest/'train_log.json') as tmp: tmp.write_text(json.dumps(logs))
+    if times is None: (dest/CHAIN_TIMES).unlink(missing_ok=True)       # no stale times of another chain
+    else:
+        with atomic_path(dest/CHAIN_TIMES) as tmp: tmp.write_text(json.dumps(dict(seconds=times, hardware=hardware(), torch_threads=torch.get_num_threads())))
     make_portable(dest)                 # no absolute paths in what ships
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
