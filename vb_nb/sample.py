@@ -17,13 +17,14 @@ from .splice import subject_pattern, SubjectNotFoundError
 
 # %% auto #0
 __all__ = ['STEER_DIRECTIONS', 'DIRECTION_PHRASES', 'BRANCHES', 'OUTPUT_TYPES', 'DTYPES', 'MAX_LATENT_SIDE', 'EXAMPLES',
-           'EXAMPLE_ASKS', 'load_image_prompt', 'subject_vocab', 'find_subject_word', 'PromptTruncatedWarning',
-           'cut_prompt', 'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches', 'combine_guidance',
-           'VideoBoothPipelineOutput', 'as_uint8', 'default_attn_processor', 'model_lock', 'VideoBoothPipeline',
-           'decode_frames', 'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder', 'load_model',
-           'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options', 'generate',
-           'example_dir', 'render_example', 'example_images', 'example_prompt', 'example_verdicts', 'example_grid',
-           'check_out_path', 'main', 'assemble', 'assemble_main']
+           'DRAWN_EXAMPLES', 'EXAMPLE_ASKS', 'load_image_prompt', 'subject_vocab', 'find_subject_word',
+           'PromptTruncatedWarning', 'cut_prompt', 'fit_prompt', 'prompt_directions', 'path_noise', 'guidance_branches',
+           'combine_guidance', 'VideoBoothPipelineOutput', 'as_uint8', 'default_attn_processor', 'model_lock',
+           'VideoBoothPipeline', 'decode_frames', 'toy_model_dir', 'is_toy_layout', 'as_dtype', 'is_pipeline_folder',
+           'load_model', 'check_model_inputs', 'checked_pipeline', 'check_limits', 'check_device', 'check_options',
+           'generate', 'example_dir', 'render_example', 'example_images', 'draw_example', 'example_subject',
+           'example_prompt', 'example_verdicts', 'example_videos', 'example_grid', 'check_out_path', 'main', 'assemble',
+           'assemble_main']
 
 # %% ../nbs/09_sample.ipynb #40fd5caa
 def _array_to_rgb(image) -> np.ndarray:
@@ -770,39 +771,74 @@ def example_images() -> dict[str, Path]:
     "The bundled example image prompts by name."
     return {p.stem: p for p in sorted(example_dir().glob('*.png'))}
 
+# %% ../nbs/09_sample.ipynb #drawnfn1
+DRAWN_EXAMPLES = {'drawn_blue_ball': ('ball', 'blue', 'dotted'), 'drawn_purple_box': ('box', 'purple', 'checkered')}   # held out as well
+
+def draw_example(name: str) -> Image.Image:
+    "A bundled image prompt that toyworld did not render: drawn with PIL's shapes, outlined, at its own size, on a transparent background."
+    from PIL import ImageDraw
+    from vb_nb.toyworld import COLOURS
+    category, colour, pattern = DRAWN_EXAMPLES[name]
+    size, box, step = {'ball': ((160, 160), (12, 12, 148, 148), 27), 'box': ((96, 128), (16, 32, 80, 96), 16)}[category]
+    rgb = COLOURS[colour]; tint = tuple(round(0.3 * c + 178.5) for c in rgb)            # the pattern: the colour, paled
+    fill = Image.new('RGBA', size, rgb + (255,)); d = ImageDraw.Draw(fill)
+    for i, x in enumerate(range(box[0], box[2], step)):
+        for j, y in enumerate(range(box[1], box[3], step)):
+            if pattern == 'dotted': d.ellipse((x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=tint)
+            elif (i + j) % 2: d.rectangle((x, y, x + step - 1, y + step - 1), fill=tint)
+    shape = Image.new('L', size); draw = lambda im, **kw: (ImageDraw.Draw(im).ellipse if category == 'ball' else ImageDraw.Draw(im).rectangle)(box, **kw)
+    draw(shape, fill=255)
+    out = Image.new('RGBA', size, (0, 0, 0, 0)); out.paste(fill, mask=shape)
+    draw(out, outline=tuple(c // 3 for c in rgb) + (255,), width=3)
+    return out
+
+def example_subject(name: str) -> tuple[str, str, str]:
+    "(category, colour, pattern) of a bundled example, rendered or drawn."
+    return {**EXAMPLES, **DRAWN_EXAMPLES}[name]
+
+
 # %% ../nbs/09_sample.ipynb #exgrfn01
 EXAMPLE_ASKS = {'green_solid_box': ('right', 'in the sky'), 'red_checkered_star': ('left', 'over green grass'),
-                'orange_dotted_ball': ('up', 'over the sand'), 'yellow_striped_heart': ('down', 'over the water')}   # name -> (motion, place)
+                'orange_dotted_ball': ('up', 'over the sand'), 'yellow_striped_heart': ('down', 'over the water'),
+                'drawn_blue_ball': ('right', 'on the road'), 'drawn_purple_box': ('left', 'over the sand')}   # name -> (motion, place)
 
 def example_prompt(name: str) -> str:
     "The text prompt of a bundled example: its category, its motion and place in EXAMPLE_ASKS, in toyworld's words."
     from vb_nb.toyworld import MOTIONS
     motion, where = EXAMPLE_ASKS[name]
-    return f"a {EXAMPLES[name][0]} {MOTIONS[motion].phrases[0]} {where}"
+    return f"a {example_subject(name)[0]} {MOTIONS[motion].phrases[0]} {where}"
 
 def example_verdicts(frames, name: str) -> dict:
-    "The benchmark's oracle on a video of a bundled example: its shape (the category in most frames), colour (likewise) and motion, each True or False."
-    from vb_nb.eval import toy_measurements
-    category, colour, _ = EXAMPLES[name]
-    m = toy_measurements(frames, category, colour, EXAMPLE_ASKS[name][0])
-    return {'shape': m['category'] >= 0.5, 'colour': m['appearance'] >= 0.5, 'motion': bool(m['motion'])}
+    "The benchmark's oracle on a video of a bundled example: the subject found in every frame, its shape and its colour (each in most frames), its motion; each True or False."
+    from vb_nb.eval import track_subject, category_accuracy, appearance_accuracy, motion_accuracy
+    category, colour, _ = example_subject(name)
+    track = track_subject(frames)
+    return {'present': all(t is not None for t in track), 'shape': category_accuracy(track, category) >= 0.5,
+            'colour': appearance_accuracy(frames, track, colour) >= 0.5, 'motion': bool(motion_accuracy(track, EXAMPLE_ASKS[name][0]))}
+
 
 # %% ../nbs/09_sample.ipynb #exgrfn02
-def example_grid(seed: int = 0, model=None):
-    "A figure: each bundled example's image prompt, the video of its example_prompt, and the oracle's verdicts."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(len(EXAMPLE_ASKS), 9, figsize=(8.5, 1.25 * len(EXAMPLE_ASKS)))
+def example_videos(seeds=(0,), model=None) -> dict:
+    "{(name, seed): frames} of every bundled example's example_prompt (no prompt refinement)."
     images = example_images()
+    return {(name, seed): generate(images[name], example_prompt(name), model=model, seed=seed, refine=None, progress=False).frames
+            for seed in seeds for name in EXAMPLE_ASKS}
+
+def example_grid(seed: int = 0, model=None, videos: dict|None = None):
+    "A figure: each bundled example's image prompt, the video of its example_prompt (from `videos` if there), and the oracle's verdicts."
+    import matplotlib.pyplot as plt
+    videos = videos if videos and all((n, seed) in videos for n in EXAMPLE_ASKS) else example_videos((seed,), model)
+    fig, axs = plt.subplots(len(EXAMPLE_ASKS), 9, figsize=(8.5, 1.25 * len(EXAMPLE_ASKS)))
     for row, name in zip(axs, EXAMPLE_ASKS):
-        prompt = example_prompt(name)
-        frames = generate(images[name], prompt, model=model, seed=seed, refine=None, progress=False).frames
-        ok = example_verdicts(frames, name)
-        row[0].imshow(Image.open(images[name])); row[0].set_title('image prompt', fontsize=7)
+        frames, ok = videos[name, seed], example_verdicts(videos[name, seed], name)
+        row[0].imshow(load_image_prompt(example_images()[name])); row[0].set_title('image prompt', fontsize=7)
         for ax, f in zip(row[1:], frames): ax.imshow(f)
-        row[1].set_title(f'"{prompt}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
+        row[1].set_title(f'"{example_prompt(name)}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
         for ax in row: ax.axis('off')
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.45)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.05, hspace=0.45)
+    fig.suptitle(f'seed {seed}', fontsize=8, x=0.01, ha='left')
     return fig
+
 
 # %% ../nbs/09_sample.ipynb #outcd001
 def check_out_path(path) -> Path:
