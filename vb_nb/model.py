@@ -273,7 +273,7 @@ def predict_noise(self: VideoBooth, noisy_latents, timesteps, text_embeds, splic
     if text_embeds.shape[0] not in (b, b * f):
         raise ValueError(f"{b} videos of {f} frames but {text_embeds.shape[0]} text conditions: give one per video or one per frame ({b * f})")
     given = torch.as_tensor(timesteps, device=noisy_latents.device).flatten()
-    t, dtype = given.expand(b), self.unet.dtype           # the UNet's inputs in its dtype: the text encoder and the VAE may have others
+    t, dtype = given.expand(b), self.dtype                # the UNet's inputs in its dtype: the text encoder and the VAE may have others
     ehs = text_embeds.repeat_interleave(f, 0) if text_embeds.shape[0] == b else text_embeds   # UNetMotionModel wants the text per frame
     noisy_latents, ehs = noisy_latents.to(dtype), ehs.to(dtype)
     with self._options(posenc):
@@ -317,7 +317,7 @@ def vae_scale_factor(self: VideoBooth) -> int: return 2 ** (len(self.vae.config.
 @patch(as_prop=True)
 def device(self: VideoBooth) -> torch.device: return self.unet.device   # DiffusionPipeline.to reads these
 @patch(as_prop=True)
-def dtype(self: VideoBooth) -> torch.dtype: return self.unet.dtype
+def dtype(self: VideoBooth) -> torch.dtype: return self.unet.conv_in.weight.dtype   # ModelMixin.dtype walks the parameters: a millisecond a call
 
 # %% ../nbs/07_model.ipynb #cfgfn002
 from .core import read_config, check_config

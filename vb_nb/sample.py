@@ -454,7 +454,7 @@ def _unet_text(names, embeds: dict, num_frames: int) -> torch.Tensor:
 def _step_prediction(self: VideoBoothPipeline, latents, t, names, text, spliced, rows, image_latents=None, generator=None, attn1='cross', posenc=None):
     "The UNet's prediction for every branch of one step, in one call; the image stream noised to this step with fresh noise."
     m, nb = self.model, len(names)
-    x = self.scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+    x = self.scheduler.scale_model_input(latents, t).to(m.dtype)
     x = x.expand(nb, -1, -1, -1, -1) if latents.shape[0] == 1 else x.repeat(nb, 1, 1, 1, 1)
     if image_latents is None: return m.predict_noise(x, t, text, spliced, attn1=attn1, posenc=posenc, cross_attention_kwargs=self.cross_attention_kwargs)
     noise = randn_tensor(image_latents.shape, generator=generator, device=latents.device, dtype=torch.float32).to(image_latents.dtype)
@@ -796,7 +796,6 @@ def example_subject(name: str) -> tuple[str, str, str]:
     "(category, colour, pattern) of a bundled example, rendered or drawn."
     return {**EXAMPLES, **DRAWN_EXAMPLES}[name]
 
-
 # %% ../nbs/09_sample.ipynb #exgrfn01
 EXAMPLE_ASKS = {'green_solid_box': ('right', 'in the sky'), 'red_checkered_star': ('left', 'over green grass'),
                 'orange_dotted_ball': ('up', 'over the sand'), 'yellow_striped_heart': ('down', 'over the water'),
@@ -815,7 +814,6 @@ def example_verdicts(frames, name: str) -> dict:
     track = track_subject(frames)
     return {'present': all(t is not None for t in track), 'shape': category_accuracy(track, category) >= 0.5,
             'colour': appearance_accuracy(frames, track, colour) >= 0.5, 'motion': bool(motion_accuracy(track, EXAMPLE_ASKS[name][0]))}
-
 
 # %% ../nbs/09_sample.ipynb #exgrfn02
 def example_videos(seeds=(0,), model=None) -> dict:
@@ -838,7 +836,6 @@ def example_grid(seed: int = 0, model=None, videos: dict|None = None):
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.05, hspace=0.45)
     fig.suptitle(f'seed {seed}', fontsize=8, x=0.01, ha='left')
     return fig
-
 
 # %% ../nbs/09_sample.ipynb #outcd001
 def check_out_path(path) -> Path:
