@@ -786,8 +786,8 @@ def draw_example(name: str) -> Image.Image:
         for j, y in enumerate(range(box[1], box[3], step)):
             if pattern == 'dotted': d.ellipse((x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=tint)
             elif (i + j) % 2: d.rectangle((x, y, x + step - 1, y + step - 1), fill=tint)
-    shape = Image.new('L', size); draw = lambda im, **kw: (ImageDraw.Draw(im).ellipse if category == 'ball' else ImageDraw.Draw(im).rectangle)(box, **kw)
-    draw(shape, fill=255)
+    draw = lambda im, **kw: getattr(ImageDraw.Draw(im), 'ellipse' if category == 'ball' else 'rectangle')(box, **kw)
+    shape = Image.new('L', size); draw(shape, fill=255)
     out = Image.new('RGBA', size, (0, 0, 0, 0)); out.paste(fill, mask=shape)
     draw(out, outline=tuple(c // 3 for c in rgb) + (255,), width=3)
     return out
@@ -827,9 +827,10 @@ def example_grid(seed: int = 0, model=None, videos: dict|None = None):
     import matplotlib.pyplot as plt
     videos = videos if videos and all((n, seed) in videos for n in EXAMPLE_ASKS) else example_videos((seed,), model)
     fig, axs = plt.subplots(len(EXAMPLE_ASKS), 9, figsize=(8.5, 1.25 * len(EXAMPLE_ASKS)))
+    images = example_images()
     for row, name in zip(axs, EXAMPLE_ASKS):
         frames, ok = videos[name, seed], example_verdicts(videos[name, seed], name)
-        row[0].imshow(load_image_prompt(example_images()[name])); row[0].set_title('image prompt', fontsize=7)
+        row[0].imshow(load_image_prompt(images[name])); row[0].set_title('image prompt', fontsize=7)
         for ax, f in zip(row[1:], frames): ax.imshow(f)
         row[1].set_title(f'"{example_prompt(name)}"   ' + '  '.join(f"{k} {'✓' if v else '✗'}" for k, v in ok.items()), fontsize=7, loc='left')
         for ax in row: ax.axis('off')
