@@ -117,5 +117,5 @@ def test_cli(tiny_clip_dir, tmp_path, capsys):
     assert res['systems']['real']['motion']['std'] == 0.0 and res['config']['seeds'] == [0, 1]
     assert '| real |' in capsys.readouterr().out
     with pytest.raises(SystemExit): main(['--systems', 'nonsense', '--out', str(tmp_path)])
-    for flag in ('--joint', '--coarse', '--input-splice', '--no-posenc-trained'):
+    for flag in ('--joint', '--coarse', '--input-splice', '--output-splice', '--no-posenc-trained'):
         with pytest.raises(SystemExit): main([flag, str(tmp_path / 'missing'), '--out', str(tmp_path)])

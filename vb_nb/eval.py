@@ -305,7 +305,7 @@ def benchmark_prompts(n: int, seed: int = 0) -> list:
     return items
 
 # %% ../nbs/10_eval.ipynb #4a0d17d3
-def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None) -> dict:
+def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coarse=None, output_splice=None) -> dict:
     "name -> (model source, generate options); model source None is the benchmark's model, 'base' its base alone, 'real' the real clips, a folder an adapter for it."
     s = {'real': ('real', {}),
          'base / text only': ('base', dict(adapter=False)),
@@ -317,6 +317,7 @@ def default_systems(joint=None, input_splice=None, no_posenc_trained=None, coars
          'full + refine': (None, dict(refine='director'))}
     if joint: s['joint'] = (str(joint), {})
     if input_splice: s['input splice'] = (str(input_splice), {})
+    if output_splice: s['output splice'] = (str(output_splice), {})
     if no_posenc_trained: s['no posenc, trained'] = (str(no_posenc_trained), {})
     return s
 
@@ -479,6 +480,7 @@ def _benchmark_parser():
     ap.add_argument('--coarse', default=None, help="adapter folder of the coarse stage ('coarse only' system; default: the full adapter without injection)")
     ap.add_argument('--joint', default=None, help="adapter folder of the jointly trained variant ('joint' system)")
     ap.add_argument('--input-splice', default=None, help="adapter folder of the input-splice variant ('input splice' system)")
+    ap.add_argument('--output-splice', default=None, help="adapter folder of the output-splice variant ('output splice' system)")
     ap.add_argument('--no-posenc-trained', default=None, help="adapter folder of the fine stage trained without position encoding ('no posenc, trained' system)")
     ap.add_argument('--systems', nargs='+', default=None, help='only these systems (names as in the table)')
     ap.add_argument('--evaluator', default=None, help='CLIP folder for the CLIP metrics (default: the toy evaluator CLIP)')
@@ -493,7 +495,7 @@ def main(argv=None):
     ap = _benchmark_parser()
     a = ap.parse_args(argv)
     if a.quick: a.prompts, a.seeds, a.steps = 3, a.seeds[:1], 4
-    systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained, a.coarse)
+    systems = default_systems(a.joint, a.input_splice, a.no_posenc_trained, a.coarse, a.output_splice)
     if a.systems:
         unknown = [s for s in a.systems if s not in systems]
         if unknown: ap.error(f"unknown system(s) {unknown}; choose from {list(systems)}")

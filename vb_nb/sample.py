@@ -231,6 +231,10 @@ class VideoBoothPipeline(DiffusionPipeline):
     def __init__(self, unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, adapter, scheduler):
         super().__init__()
         from vb_nb.model import VideoBooth
+        parts = dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                     feature_extractor=feature_extractor, adapter=adapter, scheduler=scheduler)
+        if missing := [k for k, v in parts.items() if v is None]:      # the spliced prompt alone needs the image encoder and the adapter
+            raise ValueError(f"VideoBoothPipeline needs every component, got None for {missing}")
         owner = getattr(adapter, '_owner', None)
         if owner is not None and owner.unet is unet and owner.adapter is adapter: model = owner   # the parts of a built model
         else: model = VideoBooth(unet, vae, text_encoder, tokenizer, image_encoder, DDPMScheduler.from_config(scheduler.config),
