@@ -454,12 +454,13 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     config = _benchmark_config(n_prompts, seeds, systems, model, steps, num_frames, prompt_seed, scorer)
     rows_path = out_dir/'rows.jsonl'
     rows = _read_rows(out_dir) if rows_path.exists() else []
-    for other in rows_from:                                    # runs split by system over several processes, merged here
-        seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] not in seen]
+    todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
+    wanted = {_row_key(config, name, it['index'], sd) for name, it, sd in todo}
+    for other in rows_from:                                    # runs split by system over several processes, merged here: their rows of this run
+        seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] in wanted and r['key'] not in seen]
     if rows_from:                                              # the merged rows are this folder's from now on
         _write_rows(out_dir, rows)
     done, pipes = {r['key'] for r in rows}, {}
-    todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
     for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
         k = _row_key(config, name, it['index'], sd)
         if k in done: continue
