@@ -454,15 +454,14 @@ def run_benchmark(n_prompts: int = 24, seeds=(0, 1, 2), systems: dict|None = Non
     config = _benchmark_config(n_prompts, seeds, systems, model, steps, num_frames, prompt_seed, scorer)
     rows_path = out_dir/'rows.jsonl'
     rows = _read_rows(out_dir) if rows_path.exists() else []
-    todo = [(name, it, sd) for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)]
-    wanted = {_row_key(config, name, it['index'], sd) for name, it, sd in todo}
+    todo = {_row_key(config, name, it['index'], sd): (name, it, sd)     # this run's rows by key, in order
+            for name in systems for it in items for sd in (seeds[:1] if systems[name][0] == 'real' else seeds)}
     for other in rows_from:                                    # runs split by system over several processes, merged here: their rows of this run
-        seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] in wanted and r['key'] not in seen]
+        seen = {r['key'] for r in rows}; rows += [r for r in _read_rows(other) if r['key'] in todo and r['key'] not in seen]
     if rows_from:                                              # the merged rows are this folder's from now on
         _write_rows(out_dir, rows)
     done, pipes = {r['key'] for r in rows}, {}
-    for name, it, sd in tqdm(todo, desc='benchmark', disable=not progress):
-        k = _row_key(config, name, it['index'], sd)
+    for k, (name, it, sd) in tqdm(todo.items(), desc='benchmark', disable=not progress):
         if k in done: continue
         frames = _system_frames(name, *systems[name], it, sd, model, pipes, num_frames, steps)
         rows.append(dict(key=k, system=name, prompt=it['index'], seed=sd, **measure_video(frames, it, scorer)))
