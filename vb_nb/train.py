@@ -33,7 +33,7 @@ __all__ = ['STAGES', 'RUN_FILE', 'RESUMABLE', 'UNREADABLE', 'DETERMINERS', 'TOY_
            'motion_unet', 'draw_videos', 'DecoderTuning', 'decoder_frames', 'frame_batches', 'drop_subject_modifiers',
            'draw_conditions', 'videobooth_loss', 'StageInputs', 'toy_dir', 'build_stage_model', 'resolve_config',
            'store_frozen_in', 'enable_checkpointing', 'stage_loss', 'save_final', 'checkpoint_sampler', 'train_stage',
-           'write_summary', 'hardware', 'ship_toy_model', 'main']
+           'write_summary', 'hardware', 'ship_toy_model', 'straight_motion', 'path_clips', 'train_text_path', 'main']
 
 # %% ../nbs/08_train.ipynb #stages01
 STAGES = ('vae', 'decoder', 'image', 'motion', 'base', 'motion_text', 'coarse', 'fine', 'joint')   # in the order the toy chain trains them
@@ -1361,6 +1361,47 @@ def ship_toy_model(dest=None, coarse_run: str = 'coarse', fine_run: str = 'fine'
     for p in dest.rglob('*'): p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
 
+
+# %% ../nbs/08_train.ipynb #tpathfn1
+def straight_motion(motions: tuple) -> bool:
+    "Whether a clip's motions are one straight move: left, right, up or down."
+    return tuple(motions) in (('left',), ('right',), ('up',), ('down',))
+
+# %% ../nbs/08_train.ipynb #tpathfn2
+def path_clips(keep: Callable = straight_motion, n_clips: int = 1600, subject_scale: float = 1.5, tries: int = 50) -> list:
+    "The first `n_clips` toyworld training clips (spec, caption) whose motions `keep` accepts, from the first `tries * n_clips`."
+    from vb_nb.toyworld import random_spec
+    specs = (random_spec(0, 'train', j, subject_scale=subject_scale) for j in range(tries * n_clips))
+    clips = [p for p in specs if keep(p[0].motions)][:n_clips]
+    if len(clips) < n_clips: raise ValueError(f"only {len(clips)} of the first {tries * n_clips} training clips pass `keep`, {n_clips} wanted: ask for fewer clips or accept more motions")
+    return clips
+
+# %% ../nbs/08_train.ipynb #tpathfn3
+def train_text_path(out_dir, unet, vae, keep: Callable = straight_motion, n_clips: int = 1600, steps: int = 1000, min_timestep: int = 700,
+                    batch_size: int = 8, lr: float = 1e-3, subject_scale: float = 1.5) -> list[float]:
+    "A new text path in the motion modules of the base `unet`, trained alone (t from `min_timestep` on, 10% empty captions) on path_clips(keep, n_clips); saved to out_dir/final with its summary. Returns the losses."
+    from vb_nb.eval import real_clip
+    from vb_nb.clip import encode_text
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                              # it replaces the path trained with the motion modules
+        pb = build_stage_model('motion_text', StageInputs(unet=str(unet), vae=str(vae)))
+    clips = path_clips(keep, n_clips, subject_scale)
+    with torch.no_grad():                                            # latents and captions cached once
+        x = torch.cat([video_latents(pb.vae, torch.from_numpy(np.stack([real_clip(s) for s, _ in clips[i:i + 100]])).permute(0, 1, 4, 2, 3).float()
+                                     / 127.5 - 1, sample=False) for i in range(0, len(clips), 100)])
+        text, empty = (encode_text(pb.text_encoder, pb.tokenizer, c) for c in ([c for _, c in clips], ['']))
+    s = pb.noise_scheduler
+    def batch(step):
+        i = torch.randint(len(x), (batch_size,))
+        return x[i], torch.where(torch.rand(batch_size, 1, 1) < 0.1, empty, text[i]), torch.randint(min_timestep, s.config.num_train_timesteps, (batch_size,)), torch.randn_like(x[i])
+    def loss(unet, b):
+        x0, c, t, eps = b
+        return torch.nn.functional.mse_loss(unet(s.add_noise(x0, eps, t), t, c.repeat_interleave(x0.shape[2], 0)).sample, diffusion_target(s, x0, eps, t))
+    cfg = TrainConfig(stage='motion_text', out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=200, sample_steps=0)
+    losses = fit(cfg, pb.unet, loss, batch)
+    save_final('motion_text', pb, Path(out_dir)/'final'); write_summary(cfg, losses)
+    return losses
 
 # %% ../nbs/08_train.ipynb #988e9bdb
 def _yes_no(s: str) -> bool:
