@@ -1386,19 +1386,21 @@ def train_text_path(out_dir, unet, vae, keep: Callable = straight_motion, n_clip
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')                              # it replaces the path trained with the motion modules
         pb = build_stage_model('motion_text', StageInputs(unet=str(unet), vae=str(vae)))
+    s = pb.noise_scheduler
+    if not 0 <= min_timestep < s.config.num_train_timesteps: raise ValueError(f"min_timestep must be in [0, {s.config.num_train_timesteps}), the schedule's timesteps; got {min_timestep}")
     clips = path_clips(keep, n_clips, subject_scale)
     with torch.no_grad():                                            # latents and captions cached once
-        x = torch.cat([video_latents(pb.vae, torch.from_numpy(np.stack([real_clip(s) for s, _ in clips[i:i + 100]])).permute(0, 1, 4, 2, 3).float()
+        x = torch.cat([video_latents(pb.vae, torch.from_numpy(np.stack([real_clip(spec) for spec, _ in clips[i:i + 100]])).permute(0, 1, 4, 2, 3).float()
                                      / 127.5 - 1, sample=False) for i in range(0, len(clips), 100)])
         text, empty = (encode_text(pb.text_encoder, pb.tokenizer, c) for c in ([c for _, c in clips], ['']))
-    s = pb.noise_scheduler
     def batch(step):
         i = torch.randint(len(x), (batch_size,))
         return x[i], torch.where(torch.rand(batch_size, 1, 1) < 0.1, empty, text[i]), torch.randint(min_timestep, s.config.num_train_timesteps, (batch_size,)), torch.randn_like(x[i])
     def loss(unet, b):
         x0, c, t, eps = b
         return torch.nn.functional.mse_loss(unet(s.add_noise(x0, eps, t), t, c.repeat_interleave(x0.shape[2], 0)).sample, diffusion_target(s, x0, eps, t))
-    cfg = TrainConfig(stage='motion_text', out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=200, sample_steps=0)
+    cfg = TrainConfig(stage='motion_text', out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=200, sample_steps=0,
+                      min_timestep=min_timestep)                       # recorded in the summary
     losses = fit(cfg, pb.unet, loss, batch)
     save_final('motion_text', pb, Path(out_dir)/'final'); write_summary(cfg, losses)
     return losses
