@@ -22,7 +22,7 @@ __all__ = ['COLOUR_HUES', 'SCORED_MOTIONS', 'BENCHMARK_METRICS', 'CLIPFeatures',
            'subject_pixels', 'subject_colour', 'track_subject', 'category_accuracy', 'appearance_accuracy',
            'tint_fraction', 'pattern_accuracy', 'segment_correct', 'motion_accuracy', 'real_clip', 'toy_measurements',
            'benchmark_prompt', 'benchmark_prompts', 'default_systems', 'folder_fingerprint', 'measure_video',
-           'results_markdown', 'run_benchmark', 'main', 'word_following']
+           'results_markdown', 'run_benchmark', 'main', 'word_following', 'motion_by_group']
 
 # %% ../nbs/10_eval.ipynb #82cd8dac
 def _features(out) -> torch.Tensor:
@@ -527,3 +527,12 @@ def word_following(model=None, n_seeds: int = 16, steps: int = 25, device=None) 
                                    num_inference_steps=steps).frames[0])
             scores.append(motion_accuracy(track_subject(frames), motion) or 0.0)
     return float(np.mean(scores))
+
+# %% ../nbs/10_eval.ipynb #kindfn01
+def motion_by_group(rows: list, system: str, items: list, groups: dict) -> dict:
+    "The motion score of `system` in benchmark `rows` over the prompts and seeds of each group (name -> a test of the prompt's motions): {name: (mean, videos)}, groups without a scored video left out."
+    out = {}
+    for name, keep in groups.items():
+        v = [r['motion'] for r in rows if r['system'] == system and r['motion'] is not None and keep(items[r['prompt']]['spec'].motions)]
+        if v: out[name] = (float(np.mean(v)), len(v))
+    return out
